@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -98,6 +99,8 @@ def _check(name: str, value: Any, *, below_one: bool = False) -> None:
     """
     if callable(value) or isinstance(value, (jax.Array, jax.core.Tracer)):
         return
+    if isinstance(value, (np.ndarray, np.generic)) and value.ndim == 0:
+        value = value.item()  # a NumPy scalar is on the host: check it like a number
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, an array or a schedule, got {value!r}")
     v = float(value)
@@ -213,8 +216,10 @@ def _adam_rule(g, mu, nu, *, count, learning_rate, b1, b2, eps, decayed=None):
     # add_decayed_weights, then the learning rate), so trajectories agree.
     mu = (1 - b1) * g + b1 * mu
     nu = (1 - b2) * (g**2) + b2 * nu
-    mu_hat = mu / (1 - b1**count).astype(mu.dtype)
-    nu_hat = nu / (1 - b2**count).astype(nu.dtype)
+    # optax's jitted bias correction: computed eagerly, 1 - b**t rounds
+    # differently, and un-jitted updates would drift from optax's by ~1e-5.
+    mu_hat = optax.tree_utils.tree_bias_correction(mu, b1, count)
+    nu_hat = optax.tree_utils.tree_bias_correction(nu, b2, count)
     direction = mu_hat / (jnp.sqrt(nu_hat) + eps)
     if decayed is not None:
         direction = direction + decayed

@@ -1,0 +1,1280 @@
+"""Tests for ``purelearn.optimizers``.
+
+The optimizers are held against three things:
+
+* a NumPy reference written from the textbook's in-place classes (dicts of arrays
+  mutated by ``update(params, grads)``), with the rules of ``shared/DESIGN.md``
+  where a note's code and its equations disagree (Nesterov's form, eps outside
+  the root, Adam's bias-corrected paper form);
+* optax's own ``sgd``, ``sgd(momentum=)``, ``sgd(nesterov=True)``, ``adam`` and
+  ``adamw``;
+* the optax wrappers they must compose with (``chain``, ``inject_hyperparams``,
+  ``MultiSteps``, ``masked``, ``apply_if_finite``), under ``jit`` and without.
+
+Measured deviations are printed as ``[deviation] ...`` lines (run with ``-s``).
+XLA compilation dominates the run time on CPU, so trajectories feed NumPy-computed
+gradients to a jitted ``update`` (one compilation per optimizer), and tests where
+jit is not the point run eagerly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import purelearn as pl
+
+NAMES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+ALL = pytest.mark.parametrize("name", NAMES)
+JIT = pytest.mark.parametrize("jit", [True, False], ids=["jit", "nojit"])
+# Every optimizer under jit, and without jit adamw (two buffers and the params
+# path): eagerly, optax's MultiSteps and apply_if_finite re-trace and re-compile
+# their lax.cond branches on every call, which costs about a second each.
+NAME_JIT_SUBSET = pytest.mark.parametrize(
+    ("name", "jit"),
+    [(n, True) for n in NAMES] + [("adamw", False)],
+    ids=[f"jit-{n}" for n in NAMES] + ["nojit-adamw"],
+)
+
+
+def _maybe_jit(fn: Callable, jit: bool) -> Callable:
+    return jax.jit(fn) if jit else fn
+
+
+# =============================================================================
+# The NumPy reference: the textbook's classes, mutating dicts of arrays in place
+# =============================================================================
+#
+# Every scalar hyperparameter may also be a function of the number of updates
+# already made (0 on the first update): that is how an optax schedule is read.
+
+
+def _at(value: Any, count: int) -> float:
+    return float(value(count)) if callable(value) else value
+
+
+class SGD:
+    def __init__(self, lr=0.01):
+        self.lr = lr
+        self.iter = 0
+
+    def update(self, params, grads):
+        lr = _at(self.lr, self.iter)
+        for key in params.keys():
+            params[key] -= lr * grads[key]
+        self.iter += 1
+
+
+class Momentum:
+    def __init__(self, lr=0.01, momentum=0.9):
+        self.lr = lr
+        self.momentum = momentum
+        self.v = None
+        self.iter = 0
+
+    def update(self, params, grads):
+        if self.v is None:
+            self.v = {key: np.zeros_like(val) for key, val in params.items()}
+        lr, a = _at(self.lr, self.iter), _at(self.momentum, self.iter)
+        for key in params.keys():
+            self.v[key] = a * self.v[key] - lr * grads[key]
+            params[key] += self.v[key]
+        self.iter += 1
+
+
+class Nesterov:
+    # DESIGN.md's form, where the step uses the *old* velocity:
+    #   w += a*a*v - (1+a)*lr*g ; v = a*v - lr*g
+    def __init__(self, lr=0.01, momentum=0.9):
+        self.lr = lr
+        self.momentum = momentum
+        self.v = None
+        self.iter = 0
+
+    def update(self, params, grads):
+        if self.v is None:
+            self.v = {key: np.zeros_like(val) for key, val in params.items()}
+        lr, a = _at(self.lr, self.iter), _at(self.momentum, self.iter)
+        for key in params.keys():
+            params[key] += a * a * self.v[key]
+            params[key] -= (1 + a) * lr * grads[key]
+            self.v[key] *= a
+            self.v[key] -= lr * grads[key]
+        self.iter += 1
+
+
+class AdaGrad:
+    def __init__(self, lr=0.01, eps=1e-7):
+        self.lr = lr
+        self.eps = eps
+        self.h = None
+        self.iter = 0
+
+    def update(self, params, grads):
+        if self.h is None:
+            self.h = {key: np.zeros_like(val) for key, val in params.items()}
+        lr, eps = _at(self.lr, self.iter), _at(self.eps, self.iter)
+        for key in params.keys():
+            self.h[key] += grads[key] * grads[key]
+            params[key] -= lr * grads[key] / (np.sqrt(self.h[key]) + eps)
+        self.iter += 1
+
+
+class RMSprop:
+    def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-7):
+        self.lr = lr
+        self.decay_rate = decay_rate
+        self.eps = eps
+        self.h = None
+        self.iter = 0
+
+    def update(self, params, grads):
+        if self.h is None:
+            self.h = {key: np.zeros_like(val) for key, val in params.items()}
+        lr, d = _at(self.lr, self.iter), _at(self.decay_rate, self.iter)
+        eps = _at(self.eps, self.iter)
+        for key in params.keys():
+            self.h[key] *= d
+            self.h[key] += (1 - d) * grads[key] * grads[key]
+            params[key] -= lr * grads[key] / (np.sqrt(self.h[key]) + eps)
+        self.iter += 1
+
+
+class Adam:
+    # The paper's form: bias-corrected m and v, eps outside the root.
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.iter = 0
+        self.m = None
+        self.v = None
+
+    def _start(self, params):
+        if self.m is None:
+            self.m = {key: np.zeros_like(val) for key, val in params.items()}
+            self.v = {key: np.zeros_like(val) for key, val in params.items()}
+        hp = [_at(h, self.iter) for h in (self.lr, self.beta1, self.beta2, self.eps)]
+        self.iter += 1
+        return (*hp, self.iter)
+
+    def _direction(self, key, grad, b1, b2, eps, t):
+        self.m[key] += (1 - b1) * (grad - self.m[key])
+        self.v[key] += (1 - b2) * (grad**2 - self.v[key])
+        m_hat = self.m[key] / (1 - b1**t)
+        v_hat = self.v[key] / (1 - b2**t)
+        return m_hat / (np.sqrt(v_hat) + eps)
+
+    def update(self, params, grads):
+        lr, b1, b2, eps, t = self._start(params)
+        for key in params.keys():
+            params[key] -= lr * self._direction(key, grads[key], b1, b2, eps, t)
+
+
+class AdamW(Adam):
+    # optax.adamw: w -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * w), the decay on
+    # every leaf unless ``mask`` ({key: bool}) says otherwise.
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-4, mask=None):
+        super().__init__(lr, beta1, beta2, eps)
+        self.weight_decay = weight_decay
+        self.mask = mask
+
+    def update(self, params, grads):
+        wd = _at(self.weight_decay, self.iter)
+        lr, b1, b2, eps, t = self._start(params)
+        for key in params.keys():
+            step = self._direction(key, grads[key], b1, b2, eps, t)
+            if self.mask is None or self.mask[key]:
+                step = step + wd * params[key]
+            params[key] -= lr * step
+
+
+REFERENCE = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adagrad": AdaGrad,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+    "adamw": AdamW,
+}
+# purelearn's argument names -> the textbook's
+_TEXTBOOK_NAMES = {"learning_rate": "lr", "b1": "beta1", "b2": "beta2", "decay": "decay_rate"}
+
+
+def reference(name: str, **pl_kwargs):
+    """The NumPy reference optimizer ``name``, built from purelearn's keyword names."""
+    return REFERENCE[name](**{_TEXTBOOK_NAMES.get(k, k): v for k, v in pl_kwargs.items()})
+
+
+def numpy_clip_by_global_norm(grads: dict, max_norm: float) -> dict:
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+    if norm < max_norm:
+        return dict(grads)
+    return {k: g / norm * max_norm for k, g in grads.items()}
+
+
+# =============================================================================
+# Pytrees <-> flat dicts, the problem, and comparisons
+# =============================================================================
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """A nested dict/list/tuple of arrays as a flat ``{path: float64 ndarray}`` dict,
+    in ``jax.tree.leaves`` order. An already flat dict is returned as is."""
+    if not prefix and isinstance(tree, dict) and tree and all(k[:1] in "/[" for k in tree):
+        return {k: np.array(v, dtype=np.float64) for k, v in tree.items()}
+    if isinstance(tree, dict):
+        out = {}
+        for k in sorted(tree):
+            out.update(flatten(tree[k], f"{prefix}/{k}"))
+        return out
+    if isinstance(tree, (list, tuple)):
+        out = {}
+        for i, sub in enumerate(tree):
+            out.update(flatten(sub, f"{prefix}[{i}]"))
+        return out
+    return {prefix: np.array(tree, dtype=np.float64)}
+
+
+def unflatten_like(tree: Any, flat: dict[str, np.ndarray]) -> Any:
+    """The inverse of :func:`flatten`, with ``tree``'s structure and dtypes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    values = list(flat.values())
+    assert [np.shape(v) for v in values] == [np.shape(x) for x in leaves]
+    return treedef.unflatten([jnp.asarray(v, x.dtype) for v, x in zip(values, leaves, strict=True)])
+
+
+def make_params(dtype=np.float32) -> dict:
+    """Dicts, lists and tuples of arrays of various shapes, including a scalar."""
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+
+    return {
+        "layers": [{"w": arr(3, 4), "b": arr(4)}, {"w": arr(3, 4)}],
+        "scale": arr(),
+        "extra": (arr(2, 2, 2),),
+    }
+
+
+def wrap_params() -> dict:
+    """A smaller nested tree (dict, list, scalar) for the many wrapper tests."""
+    # (the same leaf shapes as make_params': eager ops compile once per shape)
+    return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "rest": [jnp.ones(4), jnp.float32(0.5)]}
+
+
+def _like_params(seed: int, low: float, high: float) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = {**flatten(make_params()), **flatten(wrap_params())}  # distinct paths
+    return {k: rng.uniform(low, high, size=v.shape) for k, v in shapes.items()}
+
+
+# The loss  sum(s * (log cosh(w - c) + 0.025 * w**4)): smooth, convex, not quadratic,
+# with a per-element minimum position c and curvature scale s (for both trees).
+TARGET = _like_params(1, -2.0, 2.0)
+SCALE = _like_params(2, 0.2, 3.0)
+
+
+def numpy_grad(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The loss's gradient, derived by hand, in NumPy."""
+    return {k: SCALE[k] * (np.tanh(w - TARGET[k]) + 0.1 * w**3) for k, w in flat.items()}
+
+
+def jax_grad(params: Any) -> Any:
+    """The same gradient in JAX (for runs that live inside ``jit``/``vmap``)."""
+    keys = flatten(params).keys()
+    target = unflatten_like(params, {k: TARGET[k] for k in keys})
+    scale = unflatten_like(params, {k: SCALE[k] for k in keys})
+    return jax.tree.map(lambda w, c, s: s * (jnp.tanh(w - c) + 0.1 * w**3), params, target, scale)
+
+
+def run_reference(ref, params: Any, steps: int) -> dict[str, np.ndarray]:
+    flat = flatten(params)
+    for _ in range(steps):
+        ref.update(flat, numpy_grad(flat))
+    return flat
+
+
+def run_purelearn(opt, params: Any, steps: int, *, jit: bool = True) -> Any:
+    """``steps`` updates of ``opt`` on the loss, gradients computed in NumPy."""
+    update = _maybe_jit(opt.update, jit)
+    state = opt.init(params)
+    for _ in range(steps):
+        grads = unflatten_like(params, numpy_grad(flatten(params)))
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def random_grads(params: Any, steps: int, seed: int = 0, scales=None) -> list:
+    """A fixed sequence of random gradients shaped like ``params``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(steps):
+        s = 1.0 if scales is None else scales[t % len(scales)]
+        out.append(
+            jax.tree.map(lambda p, s=s: jnp.asarray(s * rng.normal(size=p.shape), p.dtype), params)
+        )
+    return out
+
+
+def apply_sequence(opt, params, grads_seq, *, jit: bool):
+    """Run ``opt`` on a fixed gradient sequence: (final params, state, all updates)."""
+    update = _maybe_jit(opt.update, jit)
+    state, updates_seen = opt.init(params), []
+    for g in grads_seq:
+        updates, state = update(g, state, params)
+        updates_seen.append(updates)
+        params = optax.apply_updates(params, updates)
+    return params, state, updates_seen
+
+
+def deviation(actual: Any, expected: Any) -> tuple[float, float]:
+    """(relative, absolute) deviation of two pytrees (or flat dicts) of arrays.
+
+    relative: the largest over leaves of ``max|a - e| / max|e|`` (normwise, so an
+    element passing near zero cannot blow it up); absolute: ``max|a - e|``.
+    """
+    a, e = flatten(actual), flatten(expected)
+    assert a.keys() == e.keys()
+    rel = max(
+        float(np.max(np.abs(a[k] - e[k]))) / max(float(np.max(np.abs(e[k]))), 1e-300) for k in a
+    )
+    return rel, max(float(np.max(np.abs(a[k] - e[k]))) for k in a)
+
+
+def assert_normwise_close(actual: Any, expected: Any, *, rtol: float) -> None:
+    """Per leaf, ``max|a - e| <= rtol * max|e|``."""
+    a, e = flatten(actual), flatten(expected)
+    assert a.keys() == e.keys()
+    for k in a:
+        err, scale = float(np.max(np.abs(a[k] - e[k]))), float(np.max(np.abs(e[k])))
+        assert err <= rtol * scale, f"{k}: max|a - e| = {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+def assert_tree_close(actual: Any, expected: Any, *, rtol: float, atol: float = 0.0) -> None:
+    """Element by element, ``|a - e| <= atol + rtol * |e|``."""
+    a, e = flatten(actual), flatten(expected)
+    assert a.keys() == e.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], e[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def assert_tree_equal(actual: Any, expected: Any) -> None:
+    """Same structure, dtypes and bits."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for x, y in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def is_zero(tree: Any) -> bool:
+    return all(not np.any(np.asarray(x)) for x in jax.tree.leaves(tree))
+
+
+def record(kind: str, name: str, dev: tuple[float, float]) -> None:
+    print(f"\n[deviation] {kind:<30} {name:<9} rel={dev[0]:.3e} abs={dev[1]:.3e}")
+
+
+def test_helpers_flatten_in_jax_leaf_order():
+    params = make_params()
+    flat = flatten(params)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert len(paths) == len(flat) == 5
+    assert [k.replace("/", "").replace("[", "").replace("]", "") for k in flat] == [
+        re.sub(r"[\[\]'/]", "", p) for p in paths
+    ]
+    assert_tree_equal(unflatten_like(params, flat), params)
+
+    # the hand-derived NumPy gradient is the loss's gradient (central differences)
+    def loss(flat):
+        return sum(
+            np.sum(SCALE[k] * (np.log(np.cosh(w - TARGET[k])) + 0.025 * w**4))
+            for k, w in flat.items()
+        )
+
+    grad, h = numpy_grad(flat), 1e-6
+    for k in flat:
+        for i in np.ndindex(flat[k].shape):
+            up, down = copy.deepcopy(flat), copy.deepcopy(flat)
+            up[k][i] += h
+            down[k][i] -= h
+            assert (loss(up) - loss(down)) / (2 * h) == pytest.approx(grad[k][i], abs=1e-6)
+    # and the JAX version agrees with the NumPy one
+    assert_tree_close(jax_grad(params), grad, rtol=1e-5, atol=1e-6)
+
+
+# =============================================================================
+# 1. Default hyperparameters against the NumPy reference, float64, 60 steps
+# =============================================================================
+
+STEPS = 60
+
+
+@ALL
+def test_defaults_match_numpy_reference_float64(name):
+    with jax.enable_x64(True):
+        params = make_params(np.float64)
+        ours = run_purelearn(getattr(pl, name)(), params, STEPS)
+        assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(ours))
+    ref = run_reference(REFERENCE[name](), params, STEPS)
+    record("numpy-reference/float64/jit", name, deviation(ours, ref))
+    assert_tree_close(ours, ref, rtol=1e-6, atol=1e-12)
+    assert_normwise_close(ours, ref, rtol=1e-12)
+    # The run really moved the parameters: a wrong rule could not pass by accident.
+    assert deviation(ref, params)[1] > 1e-2
+
+
+def test_reference_nesterov_uses_the_old_velocity():
+    # Pin the reference itself on a hand-computed case: two steps with g = 1.
+    ref, w = Nesterov(lr=0.1, momentum=0.5), {"w": np.array(0.0)}
+    ref.update(w, {"w": np.array(1.0)})  # v = 0: w = -(1.5)(0.1); v = -0.1
+    assert w["w"] == pytest.approx(-0.15)
+    ref.update(w, {"w": np.array(1.0)})  # w += 0.25 * -0.1 - 0.15; v = -0.15
+    assert w["w"] == pytest.approx(-0.15 - 0.025 - 0.15)
+    assert ref.v["w"] == pytest.approx(-0.15)
+
+
+def test_first_steps_by_hand():
+    # One update from w = 1 with g = 2, every optimizer, by hand.
+    w, g = jnp.array([1.0]), jnp.array([2.0])
+    expected = {
+        "sgd": -0.01 * 2,
+        "momentum": -0.01 * 2,
+        "nesterov": -(1 + 0.9) * 0.01 * 2,
+        "adagrad": -0.01 * 2 / (2 + 1e-7),
+        "rmsprop": -0.01 * 2 / (math.sqrt(0.01 * 4) + 1e-7),
+        "adam": -0.001 * 2 / (2 + 1e-8),
+        "adamw": -0.001 * (2 / (2 + 1e-8) + 1e-4 * 1.0),
+    }
+    for name, value in expected.items():
+        opt = getattr(pl, name)()
+        u, _ = opt.update(g, opt.init(w), w)
+        # float32 adam: 1 - b2**1 = 1 - float32(0.999) = 0.00099998713 while the
+        # moment used (1 - b2) = 0.001, so the first step is off by 6.4e-6 (as optax's)
+        rtol = 1e-5 if name.startswith("adam") else 1e-6
+        np.testing.assert_allclose(u, [value], rtol=rtol, err_msg=name)
+
+
+# =============================================================================
+# 2. The textbook's comparison on f(x, y) = x**2/20 + y**2 from (-7, 2)
+# =============================================================================
+
+SEED_CASES = [("sgd", 0.95), ("momentum", 0.1), ("adagrad", 1.5), ("adam", 0.3)]
+_ADAM_F32_REASON = (
+    "decide: in float32, 1 - b2**t with b2 = 0.999 loses ~3 digits (b2 rounds to 0.99900001 "
+    "in the bias correction while (1 - b2) = 0.001 in the moment update), so pl.adam(0.3) ends "
+    "~3e-5 (jit, bitwise optax.adam) from the exact reference after 30 steps; optax.adam does "
+    "the same. Meeting 1e-5 means leaving optax's exact op order."
+)
+
+
+def textbook_function(p):
+    return p["x"] ** 2 / 20 + p["y"] ** 2
+
+
+def textbook_path(opt, dtype, steps=30):
+    start = {"x": jnp.asarray(-7.0, dtype), "y": jnp.asarray(2.0, dtype)}
+
+    @jax.jit
+    def run(params):
+        def step(carry, _):
+            params, state = carry
+            updates, state = opt.update(jax.grad(textbook_function)(params), state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        return jax.lax.scan(step, (params, opt.init(params)), None, length=steps)[0][0]
+
+    return run(start)
+
+
+def numpy_textbook_path(ref, steps=30):
+    pos = {"x": np.array(-7.0), "y": np.array(2.0)}
+    for _ in range(steps):
+        ref.update(pos, {"x": pos["x"] / 10, "y": 2 * pos["y"]})
+    return pos
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "dtype"),
+    [(n, lr, dtype) for n, lr in SEED_CASES for dtype in ("float64", "float32")],
+)
+def test_textbook_function_final_position(name, lr, dtype):
+    with jax.enable_x64(dtype == "float64"):
+        got = textbook_path(getattr(pl, name)(lr), jnp.dtype(dtype))
+        assert got["x"].dtype == jnp.dtype(dtype)
+        got = {k: np.float64(v) for k, v in got.items()}
+    expected = numpy_textbook_path(reference(name, learning_rate=lr))
+    record(f"f(x,y) 30 steps/{dtype}", name, deviation(got, expected))
+    assert textbook_function(got) < textbook_function({"x": -7.0, "y": 2.0}) / 10  # descends
+    # float32 Adam carries optax's own rounding of b2 (see _ADAM_F32_REASON):
+    # 3e-5 off the exact math, so it gets 1e-4; everything else meets 1e-5.
+    tol = 1e-4 if (name, dtype) == ("adam", "float32") else 1e-5
+    assert_tree_close(got, expected, rtol=tol, atol=tol)
+
+
+def test_textbook_function_reference_values():
+    # The reference on hand-checkable facts: SGD's y <- y - 0.95 * 2y = -0.9 y and
+    # x <- 0.905 x; AdaGrad's first step has length lr along each axis.
+    sgd = numpy_textbook_path(SGD(lr=0.95))
+    assert sgd["y"] == pytest.approx(2.0 * 0.9**30)
+    assert sgd["x"] == pytest.approx(-7.0 * 0.905**30)
+    one = numpy_textbook_path(AdaGrad(lr=1.5), steps=1)
+    assert one["x"] == pytest.approx(-7.0 + 1.5, abs=1e-6)
+    assert one["y"] == pytest.approx(2.0 - 1.5, abs=1e-6)
+
+
+# =============================================================================
+# 3. Equal to optax's trajectories
+# =============================================================================
+
+OPTAX_CASES = {
+    "sgd": (dict(learning_rate=0.05), lambda: optax.sgd(0.05)),
+    "momentum": (dict(learning_rate=0.02, momentum=0.8), lambda: optax.sgd(0.02, momentum=0.8)),
+    "nesterov": (
+        dict(learning_rate=0.02, momentum=0.8),
+        lambda: optax.sgd(0.02, momentum=0.8, nesterov=True),
+    ),
+    "adam": (
+        dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-6),
+        lambda: optax.adam(0.01, b1=0.8, b2=0.99, eps=1e-6),
+    ),
+    "adamw": (
+        dict(learning_rate=0.01, weight_decay=0.05),
+        lambda: optax.adamw(0.01, weight_decay=0.05),
+    ),
+}
+OPTAX_DEFAULTS = {
+    "sgd": lambda: optax.sgd(0.01),
+    "momentum": lambda: optax.sgd(0.01, momentum=0.9),
+    "nesterov": lambda: optax.sgd(0.01, momentum=0.9, nesterov=True),
+    "adam": lambda: optax.adam(0.001),
+    "adamw": lambda: optax.adamw(0.001, weight_decay=1e-4),
+}
+# Normwise float32 tolerances. sgd/adam/adamw use optax's operations in optax's
+# order (equal to a few ulp under jit: XLA may fuse pow differently in the two
+# programs); momentum/nesterov keep v = -lr * optax's trace, which rounds
+# differently, and a velocity can cancel to near zero.
+F32_TRAJECTORY_RTOL = {"sgd": 1e-7, "adam": 1e-6, "adamw": 1e-6, "momentum": 1e-5, "nesterov": 1e-5}
+F32_UPDATE_RTOL = {"sgd": 1e-7, "adam": 5e-7, "adamw": 5e-7, "momentum": 1e-5, "nesterov": 1e-5}
+
+
+def _updates_deviation(ours, theirs, params, *, jit: bool, steps: int = 12) -> float:
+    """The worst update-by-update deviation on one fixed random gradient sequence,
+    so that no drift can hide a difference."""
+    s1, s2 = ours.init(params), theirs.init(params)
+    up1, up2 = _maybe_jit(ours.update, jit), _maybe_jit(theirs.update, jit)
+    worst = 0.0
+    for g in random_grads(params, steps, seed=3):
+        u1, s1 = up1(g, s1, params)
+        u2, s2 = up2(g, s2, params)
+        worst = max(worst, deviation(u1, u2)[0])
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(OPTAX_CASES))
+@pytest.mark.parametrize(
+    ("dtype", "jit"),
+    [("float32", True), ("float64", False)],
+    ids=["float32-jit-defaults", "float64-nojit-custom"],
+)
+def test_matches_optax(name, dtype, jit):
+    if dtype == "float32":
+        kwargs, make_optax = {}, OPTAX_DEFAULTS[name]
+    else:
+        kwargs, make_optax = OPTAX_CASES[name]
+    steps = STEPS if jit else 20
+    with jax.enable_x64(dtype == "float64"):
+        params = make_params(np.dtype(dtype))
+        ours, theirs = getattr(pl, name)(**kwargs), make_optax()
+        # the trajectories on the loss (the same NumPy gradients feed both) ...
+        ours_path = run_purelearn(ours, params, steps, jit=jit)
+        theirs_path = run_purelearn(theirs, params, steps, jit=jit)
+        # ... and update by update on random gradients
+        worst_update = _updates_deviation(ours, theirs, params, jit=jit)
+    ref = run_reference(reference(name, **kwargs), params, steps)
+    mode = f"{dtype}/{'jit' if jit else 'nojit'}"
+    record(f"optax/{mode}", name, deviation(ours_path, theirs_path))
+    record(f"optax/{mode}/per-update", name, (worst_update, float("nan")))
+    record(f"numpy-reference/{mode}", name, deviation(ours_path, ref))
+    if dtype == "float64":
+        assert_normwise_close(ours_path, theirs_path, rtol=1e-12)
+        assert worst_update <= 1e-12
+    else:
+        assert_normwise_close(ours_path, theirs_path, rtol=F32_TRAJECTORY_RTOL[name])
+        assert worst_update <= F32_UPDATE_RTOL[name]
+    # optax agrees with the reference too: the comparison is about the right thing
+    assert_normwise_close(theirs_path, ref, rtol=1e-10 if dtype == "float64" else 1e-5)
+    assert deviation(ref, params)[1] > 1e-2
+
+
+@pytest.mark.parametrize("name", sorted(OPTAX_DEFAULTS))
+def test_matches_optax_update_by_update_eagerly_float32(name):
+    # Without jit, adam/adamw differ from optax by up to ~1e-5 relative per update:
+    # purelearn computes the bias correction 1 - b**t eagerly, while optax's
+    # optax.tree.bias_correction is always jitted, and XLA rounds the fused pow
+    # differently from the eager one.
+    worst = _updates_deviation(
+        getattr(pl, name)(), OPTAX_DEFAULTS[name](), wrap_params(), jit=False
+    )
+    record("optax/float32/nojit/per-update", name, (worst, float("nan")))
+    assert worst <= F32_UPDATE_RTOL[name]
+
+
+# --- property test: random gradients, pl.adam equals optax.adam ---------------
+
+_ADAM_PAIR = (pl.adam(0.02, b1=0.85, b2=0.995), optax.adam(0.02, b1=0.85, b2=0.995))
+
+
+@jax.jit
+def _adam_both(grads):
+    out = []
+    for opt in _ADAM_PAIR:
+        state = opt.init(grads[0])
+        for g in grads:
+            u, state = opt.update(g, state)
+        out.append(u)
+    return out
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.sampled_from([(3, 7), (3, 2, 2)]),
+        elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False),
+    )
+)
+def test_property_adam_equals_optax_adam(grads):
+    # grads[i] is the gradient of step i: three steps on random gradients.
+    ours, theirs = _adam_both(jnp.asarray(grads))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-6, atol=1e-9)
+
+
+# =============================================================================
+# 4. The optax wrappers, each under jit and without
+# =============================================================================
+
+KWARGS = {
+    "sgd": dict(learning_rate=0.1),
+    "momentum": dict(learning_rate=0.05, momentum=0.8),
+    "nesterov": dict(learning_rate=0.05, momentum=0.8),
+    "adagrad": dict(learning_rate=0.1, eps=1e-6),
+    "rmsprop": dict(learning_rate=0.05, decay=0.9, eps=1e-6),
+    "adam": dict(learning_rate=0.05, b1=0.8, b2=0.99),
+    "adamw": dict(learning_rate=0.05, weight_decay=0.1),
+}
+ALL_ARGS = {
+    "sgd": ("learning_rate",),
+    "momentum": ("learning_rate", "momentum"),
+    "nesterov": ("learning_rate", "momentum"),
+    "adagrad": ("learning_rate", "eps"),
+    "rmsprop": ("learning_rate", "decay", "eps"),
+    "adam": ("learning_rate", "b1", "b2", "eps"),
+    "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+}
+
+
+def make(name: str, **override):
+    return getattr(pl, name)(**{**KWARGS[name], **override})
+
+
+@ALL
+@JIT
+def test_chain_with_clip_by_global_norm(name, jit):
+    params = wrap_params()
+    grads_seq = random_grads(params, 8, seed=4, scales=[0.05, 1.0, 0.2, 2.0])
+    opt = optax.chain(optax.clip_by_global_norm(2.0), make(name))
+    ours, _, _ = apply_sequence(opt, params, grads_seq, jit=jit)
+
+    ref, flat = reference(name, **KWARGS[name]), flatten(params)
+    clipped_some = unclipped_some = False
+    for g in grads_seq:
+        g = flatten(g)
+        clipped = numpy_clip_by_global_norm(g, 2.0)
+        same = all(np.array_equal(g[k], clipped[k]) for k in g)
+        clipped_some, unclipped_some = clipped_some or not same, unclipped_some or same
+        ref.update(flat, clipped)
+    assert clipped_some and unclipped_some
+    assert_normwise_close(ours, flat, rtol=1e-5)
+
+
+SECOND_SCALAR = {
+    "momentum": "momentum",
+    "nesterov": "momentum",
+    "adagrad": "eps",
+    "rmsprop": "decay",
+    "adam": "b1",
+    "adamw": "weight_decay",
+}
+
+
+@ALL
+@JIT
+def test_inject_hyperparams(name, jit):
+    params = wrap_params()
+    grads_seq = random_grads(params, 6, seed=5)
+    injected = optax.inject_hyperparams(getattr(pl, name))(**KWARGS[name])
+    update = _maybe_jit(injected.update, jit)
+
+    # Same trajectory as the plain optimizer (up to float32 rounding: the
+    # hyperparameters are float32 arrays instead of Python floats).
+    state, p = injected.init(params), params
+    for g in grads_seq[:-1]:
+        u, state = update(g, state, p)
+        p = optax.apply_updates(p, u)
+    plain, _, _ = apply_sequence(make(name), params, grads_seq[:-1], jit=False)
+    assert_normwise_close(p, plain, rtol=1e-5)
+
+    # Every scalar hyperparameter sits in the state, as an array, and can be changed.
+    assert set(state.hyperparams) == set(ALL_ARGS[name])
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(KWARGS[name]["learning_rate"])
+    new = {"learning_rate": 0.3}
+    if name in SECOND_SCALAR:
+        new[SECOND_SCALAR[name]] = 0.5
+    changed = state._replace(
+        hyperparams={**state.hyperparams, **{k: jnp.asarray(v) for k, v in new.items()}}
+    )
+    g = grads_seq[-1]
+    got, after = update(g, changed, p)
+    expected, _ = make(name, **new).update(g, changed.inner_state, p)
+    assert_normwise_close(got, expected, rtol=1e-4)
+    for k, v in new.items():
+        assert float(after.hyperparams[k]) == pytest.approx(v)
+    # ... and the change mattered
+    unchanged, _ = update(g, state, p)
+    assert deviation(got, unchanged)[1] > 1e-4
+
+
+def test_inject_hyperparams_adamw_callable_mask_as_static_arg():
+    params = make_params()
+    injected = optax.inject_hyperparams(pl.adamw, static_args=("mask",))(
+        learning_rate=0.05, weight_decay=0.5, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+    )
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(injected.update)(zero, injected.init(params), params)
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        expected = -0.05 * 0.5 * p if p.ndim >= 2 else jnp.zeros_like(p)
+        np.testing.assert_allclose(u, expected, rtol=1e-6)
+
+
+@NAME_JIT_SUBSET
+def test_multisteps_accumulates_to_one_step_on_the_mean(name, jit):
+    params = wrap_params()
+    cycles = 2 if jit else 1  # (each eager call compiles a lax.cond)
+    grads_seq = random_grads(params, 3 * cycles, seed=7)
+    multi = optax.MultiSteps(make(name), every_k_schedule=3)
+    got, state, updates = apply_sequence(multi, params, grads_seq, jit=jit)
+    for i, u in enumerate(updates):  # no update while accumulating, then one
+        assert is_zero(u) == (i % 3 != 2)
+    assert int(state.inner_opt_state.count) == cycles
+
+    # one step of the NumPy reference per mean of three gradients
+    ref, flat = reference(name, **KWARGS[name]), flatten(params)
+    for chunk in (grads_seq[i : i + 3] for i in range(0, 3 * cycles, 3)):
+        flats = [flatten(g) for g in chunk]
+        ref.update(flat, {k: sum(f[k] for f in flats) / 3 for k in flat})
+    assert_normwise_close(got, flat, rtol=1e-5)
+
+
+WRAP_MASK = {"w": True, "rest": [False, True]}
+MASK_TREE = {
+    "layers": [{"w": True, "b": False}, {"w": True}],
+    "scale": False,
+    "extra": (True,),
+}
+
+
+@ALL
+@JIT
+def test_masked(name, jit):
+    params = wrap_params()
+    grads_seq = random_grads(params, 5, seed=8)
+    opt = optax.masked(make(name), WRAP_MASK)
+    _, _, updates = apply_sequence(opt, params, grads_seq, jit=jit)
+
+    # The selected leaves follow the NumPy reference; the others pass through.
+    selected = [k for k, m in flatten(jax.tree.map(float, WRAP_MASK)).items() if m]
+    ref, flat = reference(name, **KWARGS[name]), flatten(params)
+    for g, u in zip(grads_seq, updates, strict=True):
+        g, u = flatten(g), flatten(u)
+        sub = {k: flat[k].copy() for k in selected}
+        ref.update(sub, {k: g[k] for k in selected})
+        for k in flat:
+            expected = sub[k] - flat[k] if k in selected else g[k]
+            np.testing.assert_allclose(u[k], expected, rtol=1e-4, atol=1e-6, err_msg=k)
+            flat[k] = flat[k] + u[k]
+
+
+@NAME_JIT_SUBSET
+def test_apply_if_finite_skips_a_nan_step(name, jit):
+    params = wrap_params()
+    g1, g2, g3 = random_grads(params, 3, seed=9)
+    bad = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan) if x.ndim == 0 else x, g2)
+    opt = optax.apply_if_finite(make(name), max_consecutive_errors=5)
+    update = _maybe_jit(opt.update, jit)
+
+    u1, state = update(g1, opt.init(params), params)
+    p = optax.apply_updates(params, u1)
+    u_bad, state_bad = update(bad, state, p)
+    assert is_zero(u_bad)
+    assert_tree_equal(state_bad.inner_state, state.inner_state)  # unchanged, bit for bit
+    assert int(state_bad.notfinite_count) == 1 and not bool(state_bad.last_finite)
+    u3, state3 = update(g3, state_bad, p)
+    assert int(state3.notfinite_count) == 0 and bool(state3.last_finite)
+
+    # ... as if the NaN step had never happened
+    _, _, plain = apply_sequence(make(name), params, [g1, g3], jit=False)
+    assert_normwise_close(u3, plain[1], rtol=1e-6)
+    assert not is_zero(u3)
+
+
+# =============================================================================
+# 5. Schedules (float64, eagerly; the reference reads lr_t = schedule(t - 1))
+# =============================================================================
+
+SCHEDULE_STEPS = 16
+# Each schedule as an optax object and the same schedule written in NumPy.
+LR_SCHEDULES = {
+    "exponential": (
+        lambda lr: optax.exponential_decay(lr, transition_steps=10, decay_rate=0.3),
+        lambda lr: lambda c: lr * 0.3 ** (c / 10),
+    ),
+    "piecewise": (
+        lambda lr: optax.piecewise_constant_schedule(lr, {1: 2.0, 8: 0.25}),
+        lambda lr: lambda c: lr * (1.0 if c < 1 else 2.0 if c < 8 else 0.5),
+    ),
+}
+
+
+@ALL
+@pytest.mark.parametrize("schedule", sorted(LR_SCHEDULES))
+def test_learning_rate_schedule_matches_reference(name, schedule):
+    make_optax_schedule, make_numpy_schedule = LR_SCHEDULES[schedule]
+    lr = KWARGS[name]["learning_rate"]
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), wrap_params())
+        ours = run_purelearn(
+            make(name, learning_rate=make_optax_schedule(lr)), params, SCHEDULE_STEPS, jit=False
+        )
+    scheduled = reference(name, **{**KWARGS[name], "learning_rate": make_numpy_schedule(lr)})
+    ref = run_reference(scheduled, params, SCHEDULE_STEPS)
+    record(f"schedule {schedule}/float64", name, deviation(ours, ref))
+    assert_normwise_close(ours, ref, rtol=1e-6)  # optax schedules compute in float32
+    # a constant learning rate gives another trajectory: the schedule was used
+    constant = run_reference(reference(name, **KWARGS[name]), params, SCHEDULE_STEPS)
+    assert deviation(constant, ref)[1] > 1e-3
+
+
+SECOND_SCHEDULES = {
+    # name: (argument, optax schedule, the same in NumPy)
+    "momentum": (
+        "momentum",
+        optax.linear_schedule(0.5, 0.95, transition_steps=12),
+        lambda c: 0.5 + 0.45 * min(c, 12) / 12,
+    ),
+    "nesterov": (
+        "momentum",
+        optax.linear_schedule(0.5, 0.95, transition_steps=12),
+        lambda c: 0.5 + 0.45 * min(c, 12) / 12,
+    ),
+    "adagrad": (
+        "eps",
+        optax.piecewise_constant_schedule(1.0, {3: 1e-3}),
+        lambda c: 1.0 if c < 3 else 1e-3,
+    ),
+    "rmsprop": (
+        "decay",
+        optax.piecewise_constant_schedule(0.5, {5: 1.8}),
+        lambda c: 0.5 if c < 5 else 0.9,
+    ),
+    "adam": (
+        "b1",
+        optax.linear_schedule(0.0, 0.9, transition_steps=10),
+        lambda c: 0.09 * min(c, 10),
+    ),
+    "adamw": (
+        "weight_decay",
+        optax.exponential_decay(0.5, transition_steps=10, decay_rate=0.1),
+        lambda c: 0.5 * 0.1 ** (c / 10),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_SCHEDULES))
+def test_other_scalar_as_schedule_matches_reference(name):
+    arg, optax_schedule, numpy_schedule = SECOND_SCHEDULES[name]
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), wrap_params())
+        ours = run_purelearn(make(name, **{arg: optax_schedule}), params, SCHEDULE_STEPS, jit=False)
+    ref = run_reference(
+        reference(name, **{**KWARGS[name], arg: numpy_schedule}), params, SCHEDULE_STEPS
+    )
+    record(f"schedule {arg}/float64", name, deviation(ours, ref))
+    assert_normwise_close(ours, ref, rtol=1e-6)
+    constant = run_reference(
+        reference(name, **{**KWARGS[name], arg: numpy_schedule(0)}), params, SCHEDULE_STEPS
+    )
+    assert deviation(constant, ref)[1] > 1e-4
+
+
+def test_schedule_is_read_with_count_zero_on_the_first_update():
+    opt = pl.sgd(optax.piecewise_constant_schedule(0.1, {1: 0.0}))  # 0.1 at count 0, then 0
+    g = jnp.array([1.0, -2.0])
+    u1, state = opt.update(g, opt.init(g))
+    u2, state = jax.jit(opt.update)(g, state)
+    np.testing.assert_allclose(u1, [-0.1, 0.2], rtol=1e-6)
+    np.testing.assert_array_equal(u2, [0.0, 0.0])
+    assert int(state.count) == 2
+
+
+def test_momentum_schedule_scales_gradients_as_they_enter_the_velocity():
+    # Textbook semantics (v = a*v - lr*g): with lr 1 then 0, the second step is
+    # a*v = 0.9 * -1 = -0.9 (optax.sgd would give 0: its lr scales the whole trace).
+    opt = pl.momentum(optax.piecewise_constant_schedule(1.0, {1: 0.0}), momentum=0.9)
+    g = jnp.ones(1)
+    _, state = opt.update(g, opt.init(g))
+    u, _ = opt.update(g, state)
+    np.testing.assert_allclose(u, [-0.9], rtol=1e-6)
+
+
+# =============================================================================
+# 6. Learning rates as arrays, and vmap over the learning rate
+# =============================================================================
+
+
+@ALL
+def test_learning_rate_as_jax_array(name):
+    params = wrap_params()
+    grads_seq = random_grads(params, 4, seed=10)
+    lr = KWARGS[name]["learning_rate"]
+    expected, _, _ = apply_sequence(make(name), params, grads_seq, jit=False)
+    as_array, _, _ = apply_sequence(
+        make(name, learning_rate=jnp.asarray(lr)), params, grads_seq, jit=False
+    )
+    assert_normwise_close(as_array, expected, rtol=1e-5)
+
+    # ... and traced, as the argument of a jitted function
+    @jax.jit
+    def traced(lr):
+        return apply_sequence(make(name, learning_rate=lr), params, grads_seq, jit=False)[0]
+
+    assert_normwise_close(traced(jnp.float32(lr)), expected, rtol=1e-5)
+    assert deviation(traced(jnp.float32(lr / 2)), expected)[1] > 1e-4
+
+
+def _train(lr, name, steps=12):
+    """A whole training run on a quadratic-plus-quartic loss; returns the params."""
+    opt = optax.inject_hyperparams(getattr(pl, name))(**{**KWARGS[name], "learning_rate": lr})
+
+    def body(carry, _):
+        params, state = carry
+        grads = jax.tree.map(lambda w: (w - 0.3) + 0.1 * w**3, params)
+        updates, state = opt.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), None
+
+    params = wrap_params()
+    return jax.lax.scan(body, (params, opt.init(params)), None, length=steps)[0][0]
+
+
+@ALL
+def test_vmap_over_learning_rate(name):
+    lrs = jnp.array([0.001, 0.01, 0.1], jnp.float32)
+    batched = jax.jit(jax.vmap(partial(_train, name=name)))(lrs)
+    single = jax.jit(partial(_train, name=name))
+    lanes = [jax.tree.map(lambda x, i=i: x[i], batched) for i in range(len(lrs))]
+    for lane, lr in zip(lanes, lrs, strict=True):
+        assert_normwise_close(lane, single(lr), rtol=1e-6)
+    assert deviation(lanes[0], lanes[-1])[1] > 1e-3  # the learning rates were used
+
+
+def test_vmap_over_learning_rate_without_inject_hyperparams():
+    params = wrap_params()
+    g = random_grads(params, 1, seed=11)[0]
+
+    def first_update(lr):
+        opt = pl.momentum(lr)
+        return opt.update(g, opt.init(params))[0]
+
+    lrs = jnp.array([0.1, 0.5])
+    out = jax.vmap(first_update)(lrs)
+    for i in range(2):
+        expected = jax.tree.map(lambda x, lr=lrs[i]: -lr * x, g)
+        assert_tree_close(jax.tree.map(lambda x, i=i: x[i], out), expected, rtol=1e-6)
+
+
+# =============================================================================
+# 7. State and dtypes
+# =============================================================================
+
+STATE_TYPES = {
+    "sgd": (pl.SgdState, 0),
+    "momentum": (pl.MomentumState, 1),
+    "nesterov": (pl.MomentumState, 1),
+    "adagrad": (pl.AdaGradState, 1),
+    "rmsprop": (pl.RMSPropState, 1),
+    "adam": (pl.AdamState, 2),
+    "adamw": (pl.AdamState, 2),
+}
+
+
+def _check_state(name, state, params, dtype):
+    state_type, buffers = STATE_TYPES[name]
+    assert type(state) is state_type
+    assert isinstance(state, tuple) and hasattr(state_type, "_fields")  # a NamedTuple
+    assert state.count.dtype == jnp.int32 and state.count.shape == ()
+    assert len(state) == 1 + buffers
+    for buffer in state[1:]:
+        assert jax.tree.structure(buffer) == jax.tree.structure(params)
+        for b, p in zip(jax.tree.leaves(buffer), jax.tree.leaves(params), strict=True):
+            assert b.dtype == dtype and b.shape == p.shape
+
+
+@ALL
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_dtypes_preserved(name, dtype):
+    with jax.enable_x64(dtype == "float64"):
+        dtype = jnp.dtype(dtype)
+        params = jax.tree.map(lambda x: x.astype(dtype), wrap_params())
+        opt = make(name)
+        state = opt.init(params)
+        _check_state(name, state, params, dtype)
+        # traced (as under jit) ...
+        g = jax.tree.map(jnp.ones_like, params)
+        shapes = jax.eval_shape(opt.update, g, state, params)
+        assert all(u.dtype == dtype for u in jax.tree.leaves(shapes[0]))
+        _check_state(name, shapes[1], params, dtype)
+        # ... and run
+        for g in random_grads(params, 3, seed=12):
+            updates, state = opt.update(g, state, params)
+            assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+            assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
+            _check_state(name, state, params, dtype)
+            params = optax.apply_updates(params, updates)
+        assert int(state.count) == 3
+        assert all(x.dtype == dtype for x in jax.tree.leaves(params))
+
+
+@ALL
+@pytest.mark.parametrize(
+    ("dtype", "hp_dtype"), [("bfloat16", "float32"), ("float32", "float64")], ids=str
+)
+def test_dtypes_follow_params_not_array_hyperparameters(name, dtype, hp_dtype):
+    # Strongly typed array hyperparameters (e.g. from inject_hyperparams with
+    # hyperparam_dtype=float32) promote the arithmetic; the updates and the state
+    # must still follow the params.
+    with jax.enable_x64(hp_dtype == "float64"):
+        dtype = jnp.dtype(dtype)
+        params = jax.tree.map(lambda x: x.astype(dtype), wrap_params())
+        opt = make(name, **{k: jnp.asarray(v, hp_dtype) for k, v in KWARGS[name].items()})
+        state = opt.init(params)
+        g = jax.tree.map(jnp.ones_like, params)
+        for _ in range(2):
+            updates, state = jax.eval_shape(opt.update, g, state, params)  # traced
+            assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+            _check_state(name, state, params, dtype)
+        injected = optax.inject_hyperparams(getattr(pl, name), hyperparam_dtype=hp_dtype)(
+            **KWARGS[name]
+        )
+        updates, state = jax.eval_shape(injected.update, g, injected.init(params), params)
+        assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+        _check_state(name, state.inner_state, params, dtype)
+
+
+@ALL
+def test_state_shapes_fixed_across_steps(name):
+    params = wrap_params()
+    opt = make(name)
+    init_shape = jax.eval_shape(opt.init, params)
+    g = random_grads(params, 1, seed=13)[0]
+    _, step_shape = jax.eval_shape(opt.update, g, opt.init(params), params)
+    assert jax.tree.structure(init_shape) == jax.tree.structure(step_shape)
+    assert jax.tree.leaves(init_shape) == jax.tree.leaves(step_shape)
+    # and for real, across a few steps (what lax.scan and while_loop require)
+    state = opt.init(params)
+    for _ in range(3):
+        _, state = opt.update(g, state, params)
+        assert jax.tree.structure(state) == jax.tree.structure(init_shape)
+        got = [(x.shape, x.dtype) for x in jax.tree.leaves(state)]
+        assert got == [(x.shape, x.dtype) for x in jax.tree.leaves(init_shape)]
+
+
+# =============================================================================
+# 8. Bad input
+# =============================================================================
+
+BELOW_ONE = {"momentum", "decay", "b1", "b2"}
+NAME_ARG = [(n, a) for n in NAMES for a in ALL_ARGS[n]]
+
+
+@pytest.mark.parametrize(("name", "arg"), NAME_ARG)
+@pytest.mark.parametrize(
+    "bad",
+    [-0.1, -1, float("nan"), float("inf"), float("-inf"), np.float32(-2.0), "0.1", "lr"],
+    ids=["neg", "neg-int", "nan", "inf", "-inf", "np-neg", "str-number", "str"],
+)
+def test_bad_number_raises_naming_the_argument(name, arg, bad):
+    with pytest.raises(ValueError, match=rf"\b{re.escape(arg)}\b"):
+        getattr(pl, name)(**{arg: bad})
+
+
+@pytest.mark.parametrize(("name", "arg"), [(n, a) for n, a in NAME_ARG if a in BELOW_ONE])
+@pytest.mark.parametrize("bad", [1, 1.0, 1.5, np.float64(1.0)])
+def test_decay_rates_at_or_above_one_raise(name, arg, bad):
+    with pytest.raises(ValueError, match=rf"\b{re.escape(arg)}\b"):
+        getattr(pl, name)(**{arg: bad})
+
+
+@pytest.mark.parametrize(("name", "arg"), NAME_ARG)
+def test_arrays_and_schedules_are_not_validated(name, arg):
+    factory = getattr(pl, name)
+    for value in (jnp.asarray(-1.0), jnp.asarray(jnp.nan), jnp.asarray(1.5), lambda count: -1.0):
+        assert isinstance(factory(**{arg: value}), optax.GradientTransformation)
+
+    if arg != "learning_rate":
+        return
+
+    # ... nor when traced (vmap over a hyperparameter)
+    def first_update(v):
+        opt = factory(**{arg: v})
+        return opt.update(jnp.ones(2), opt.init(jnp.ones(2)), jnp.ones(2))[0]
+
+    assert jax.vmap(first_update)(jnp.array([-1.0, 2.0])).shape == (2, 2)
+
+
+@pytest.mark.parametrize(("name", "arg"), NAME_ARG)
+def test_edge_values_are_accepted(name, arg):
+    factory = getattr(pl, name)
+    for good in (0, 0.0, np.float32(0.5), 0.999 if arg in BELOW_ONE else 5.0):
+        assert isinstance(factory(**{arg: good}), optax.GradientTransformation)
+
+
+def test_adamw_update_without_params_raises():
+    opt = pl.adamw()
+    params = make_params()
+    g = jax.tree.map(jnp.ones_like, params)
+    with pytest.raises(ValueError, match="params"):
+        opt.update(g, opt.init(params))
+    with pytest.raises(ValueError, match="params"):
+        jax.jit(opt.update)(g, opt.init(params))
+
+
+def test_adamw_without_weight_decay_needs_no_params():
+    opt, adam = pl.adamw(weight_decay=0.0), pl.adam()
+    g = jnp.ones(3)
+    np.testing.assert_array_equal(opt.update(g, opt.init(g))[0], adam.update(g, adam.init(g))[0])
+
+
+def test_numpy_array_learning_rate_accepted():
+    opt = pl.sgd(np.array(0.1))
+    u, _ = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
+    np.testing.assert_allclose(u, [-0.1, -0.1], rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate"):
+        pl.sgd(np.array(-0.1))
+    with pytest.raises(ValueError, match="momentum"):
+        pl.momentum(momentum=np.float32("nan"))
+
+
+# =============================================================================
+# 9. AdamW's mask
+# =============================================================================
+
+MASKS = {
+    "pytree": (MASK_TREE, MASK_TREE),
+    "callable": (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p), MASK_TREE),
+    # a prefix of the parameters' tree: one flag per subtree
+    "prefix": (
+        {"layers": [True, False], "scale": True, "extra": False},
+        {"layers": [{"w": True, "b": True}, {"w": False}], "scale": True, "extra": (False,)},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MASKS))
+def test_adamw_mask(kind):
+    mask, expanded = MASKS[kind]
+    flags = {k: bool(v) for k, v in flatten(jax.tree.map(float, expanded)).items()}
+    params = make_params()
+    opt = pl.adamw(0.1, weight_decay=0.5, mask=mask)
+    update = jax.jit(opt.update)
+
+    # zero gradients: adam's part is 0, leaving -lr*wd*w on the decayed leaves only
+    zero = jax.tree.map(jnp.zeros_like, params)
+    decay = flatten(update(zero, opt.init(params), params)[0])
+    for k, p in flatten(params).items():
+        np.testing.assert_allclose(decay[k], -0.05 * p if flags[k] else 0 * p, rtol=1e-6)
+
+    # a trajectory: the NumPy reference with the same mask, and optax.adamw
+    grads_seq = random_grads(params, 8, seed=14)
+    state, p = opt.init(params), params
+    for g in grads_seq:
+        u, state = update(g, state, p)
+        p = optax.apply_updates(p, u)
+    theirs, _, _ = apply_sequence(
+        optax.adamw(0.1, weight_decay=0.5, mask=mask), params, grads_seq, jit=False
+    )
+    assert_normwise_close(p, theirs, rtol=1e-6)
+    ref, flat = AdamW(lr=0.1, weight_decay=0.5, mask=flags), flatten(params)
+    for g in grads_seq:
+        ref.update(flat, flatten(g))
+    assert_normwise_close(p, flat, rtol=1e-5)
+
+
+def test_adamw_default_decays_every_leaf():
+    params = make_params()
+    opt = pl.adamw(0.1, weight_decay=0.5)
+    decay, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    assert_tree_close(decay, jax.tree.map(lambda p: -0.05 * p, params), rtol=1e-6)
+
+
+# =============================================================================
+# 10. Purity
+# =============================================================================
+
+
+@ALL
+@JIT
+def test_pure_and_does_not_mutate_inputs(name, jit):
+    params = wrap_params()
+    opt = make(name)
+    update = _maybe_jit(opt.update, jit)
+    g0, g1 = random_grads(params, 2, seed=15)
+    _, state = update(g0, opt.init(params), params)
+
+    inputs = (g1, state, params)
+    values = copy.deepcopy(jax.tree.map(np.asarray, inputs))
+    leaf_ids = [id(x) for x in jax.tree.leaves(inputs)]
+    out1 = update(*inputs)
+    out2 = update(*inputs)
+    assert_tree_equal(out1, out2)  # bit-identical
+    assert_tree_equal(inputs, values)  # inputs untouched: same structure, same values ...
+    assert [id(x) for x in jax.tree.leaves(inputs)] == leaf_ids  # ... same leaf objects
+    # a second, independent instance agrees too
+    if not jit:
+        assert_tree_equal(out1, make(name).update(*inputs))
+
+
+@ALL
+def test_init_is_pure(name):
+    params = wrap_params()
+    snapshot = jax.tree.map(np.asarray, params)
+    opt = make(name)
+    assert_tree_equal(opt.init(params), opt.init(params))
+    assert_tree_equal(params, snapshot)
+    assert is_zero(opt.init(params))
