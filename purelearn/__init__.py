@@ -7,6 +7,21 @@ and regularizers are pure functions. Everything is re-exported flat here::
     opt = pl.adam(1e-3)
 """
 
+from purelearn.initializers import (
+    compute_fans,
+    he_normal,
+    he_uniform,
+    normal,
+    xavier_normal,
+    xavier_uniform,
+)
+from purelearn.normalization import (
+    BatchNormStats,
+    batch_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+)
 from purelearn.optimizers import (
     AdaGradState,
     AdamState,
@@ -21,6 +36,7 @@ from purelearn.optimizers import (
     rmsprop,
     sgd,
 )
+from purelearn.regularization import dropout, l2_penalty
 
 __version__ = "0.1.0"
 
@@ -38,4 +54,20 @@ __all__ = [
     "AdaGradState",
     "RMSPropState",
     "AdamState",
+    # initializers
+    "normal",
+    "xavier_normal",
+    "xavier_uniform",
+    "he_normal",
+    "he_uniform",
+    "compute_fans",
+    # normalization
+    "BatchNormStats",
+    "batch_norm",
+    "layer_norm",
+    "instance_norm",
+    "group_norm",
+    # regularization
+    "dropout",
+    "l2_penalty",
 ]
