@@ -7,6 +7,7 @@ and regularizers are pure functions. Everything is re-exported flat here::
     opt = pl.adam(1e-3)
 """
 
+from purelearn.datasets import download_mnist, load_mnist
 from purelearn.initializers import (
     compute_fans,
     he_normal,
@@ -15,6 +16,7 @@ from purelearn.initializers import (
     xavier_normal,
     xavier_uniform,
 )
+from purelearn.models import Model, from_flax, mlp
 from purelearn.normalization import (
     BatchNormStats,
     batch_norm,
@@ -37,6 +39,17 @@ from purelearn.optimizers import (
     sgd,
 )
 from purelearn.regularization import dropout, l2_penalty
+from purelearn.training import (
+    EarlyStopping,
+    EarlyStoppingState,
+    TrainState,
+    evaluate,
+    fit,
+    load_checkpoint,
+    make_train_step,
+    save_checkpoint,
+    train_run,
+)
 
 __version__ = "0.1.0"
 
@@ -70,4 +83,21 @@ __all__ = [
     # regularization
     "dropout",
     "l2_penalty",
+    # models
+    "Model",
+    "mlp",
+    "from_flax",
+    # training
+    "TrainState",
+    "make_train_step",
+    "fit",
+    "train_run",
+    "evaluate",
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "save_checkpoint",
+    "load_checkpoint",
+    # data
+    "load_mnist",
+    "download_mnist",
 ]
