@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purelearn._tree import leaf_mask
+
 __all__ = ["dropout", "l2_penalty"]
 
 Mask = Any | Callable[[Any], Any] | None
@@ -106,17 +108,7 @@ def _dropout(key, x, keep_prob, *, mask_shape):
 
 def _selection(params: Any, mask: Mask) -> list[bool]:
     """One Python bool per leaf of ``params``, in ``jax.tree.leaves`` order."""
-    if mask is None:
-        return [jnp.ndim(p) >= 2 for p in jax.tree.leaves(params)]
-    tree = mask(params) if callable(mask) else mask
-    try:
-        # The mask may be a prefix of params: a bool covers a whole subtree.
-        full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: bool(m), sub), tree, params)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"mask must be a pytree of bools matching params (or a prefix of it): {err}"
-        ) from err
-    flags = jax.tree.leaves(full)
+    flags = jax.tree.leaves(leaf_mask(mask, params, default=lambda p: jnp.ndim(p) >= 2))
     if len(flags) != len(jax.tree.leaves(params)):
         raise ValueError("mask must have one bool per leaf (or subtree) of params")
     return flags

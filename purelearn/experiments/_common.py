@@ -59,3 +59,31 @@ def train_iterations(
 
 def accuracy(model: Model, state: TrainState, xt, yt) -> float:
     return round(evaluate(model, state, xt, yt), 4)
+
+
+def compare_loss_curves(runs, data, *, iterations: int, key: jax.Array, desc: str):
+    """Train each ``name -> (model, optimizer)`` with :func:`train_iterations`.
+
+    Every run gets the same key (same initial draws, same mini-batches), so
+    the curves differ only by what the runs vary. Returns per-step losses
+    and test accuracies keyed by name.
+    """
+    from tqdm.auto import tqdm
+
+    (x, y), (xt, yt) = data
+    losses, accuracies = {}, {}
+    for name, (model, optimizer) in tqdm(runs.items(), desc=desc, leave=False):
+        state, loss = train_iterations(
+            model, optimizer, x, y, iterations=iterations, batch_size=128, key=key
+        )
+        losses[name] = [round(float(v), 5) for v in loss]
+        accuracies[name] = accuracy(model, state, xt, yt)
+    return {"loss": losses, "test_accuracy": accuracies, "iterations": iterations}
+
+
+def train_test_curves(curves: dict[str, jax.Array]) -> dict[str, list[float]]:
+    """A run's per-epoch accuracies from :func:`~purelearn.training.train_run`'s curves."""
+    return {
+        "train_acc": np.round(np.asarray(curves["train_accuracy"]), 4).tolist(),
+        "test_acc": np.round(np.asarray(curves["eval_accuracy"]), 4).tolist(),
+    }

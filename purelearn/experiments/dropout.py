@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from purelearn import optimizers
-from purelearn.experiments._common import mnist, subset
+from purelearn.experiments._common import mnist, subset, train_test_curves
 from purelearn.experiments.weight_decay import SIZES
 from purelearn.models import mlp
 from purelearn.training import train_run
@@ -41,11 +40,7 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
                 eval_data=(xt, yt),
             )[1]
         )
-        curves = run_fn()
-        runs[f"{rate:g}"] = {
-            "train_acc": np.round(np.asarray(curves["train_accuracy"]), 4).tolist(),
-            "test_acc": np.round(np.asarray(curves["eval_accuracy"]), 4).tolist(),
-        }
+        runs[f"{rate:g}"] = train_test_curves(run_fn())
     return {
         "runs": runs,
         "epochs": epochs,

@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 
 import jax
-from tqdm.auto import tqdm
 
 from purelearn import optimizers
-from purelearn.experiments._common import accuracy, mnist, train_iterations
+from purelearn.experiments._common import compare_loss_curves, mnist
 from purelearn.models import mlp
 
 INITS = {"std=0.01": 0.01, "xavier": "xavier", "he": "he"}
@@ -23,24 +22,18 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
     start = time.perf_counter()
     (x, y), (xt, yt), described = mnist(data)
     iterations = 300 if quick else 2000
-    losses, accuracies = {}, {}
-    for name, init in tqdm(INITS.items(), desc="init", leave=False):
-        model = mlp([784, 100, 100, 100, 100, 10], activation="relu", init=init)
-        state, loss = train_iterations(
-            model,
+    runs = {
+        name: (
+            mlp([784, 100, 100, 100, 100, 10], activation="relu", init=init),
             optimizers.sgd(0.01),
-            x,
-            y,
-            iterations=iterations,
-            batch_size=128,
-            key=jax.random.key(seed),
         )
-        losses[name] = [round(float(v), 5) for v in loss]
-        accuracies[name] = accuracy(model, state, xt, yt)
+        for name, init in INITS.items()
+    }
+    result = compare_loss_curves(
+        runs, ((x, y), (xt, yt)), iterations=iterations, key=jax.random.key(seed), desc="init"
+    )
     return {
-        "loss": losses,
-        "test_accuracy": accuracies,
-        "iterations": iterations,
+        **result,
         "data": described,
         "quick": quick,
         "seconds": round(time.perf_counter() - start, 2),

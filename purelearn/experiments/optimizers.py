@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 
 import jax
-from tqdm.auto import tqdm
 
 from purelearn import optimizers as opt
-from purelearn.experiments._common import accuracy, mnist, train_iterations
+from purelearn.experiments._common import compare_loss_curves, mnist
 from purelearn.models import mlp
 
 OPTIMIZERS = {
@@ -31,20 +30,16 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
     (x, y), (xt, yt), described = mnist(data)
     iterations = 200 if quick else 2000
     model = mlp([784, 100, 100, 100, 100, 10], activation="relu", init="he")
-    losses, accuracies = {}, {}
-    # One key for all: every optimizer starts from the same weights and sees
-    # the same mini-batches, so the curves differ only by the update rule.
-    key = jax.random.key(seed)
-    for name, make in tqdm(OPTIMIZERS.items(), desc="optimizers", leave=False):
-        state, loss = train_iterations(
-            model, make(), x, y, iterations=iterations, batch_size=128, key=key
-        )
-        losses[name] = [round(float(v), 5) for v in loss]
-        accuracies[name] = accuracy(model, state, xt, yt)
+    runs = {name: (model, make()) for name, make in OPTIMIZERS.items()}
+    result = compare_loss_curves(
+        runs,
+        ((x, y), (xt, yt)),
+        iterations=iterations,
+        key=jax.random.key(seed),
+        desc="optimizers",
+    )
     return {
-        "loss": losses,
-        "test_accuracy": accuracies,
-        "iterations": iterations,
+        **result,
         "data": described,
         "quick": quick,
         "seconds": round(time.perf_counter() - start, 2),

@@ -12,10 +12,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from purelearn import optimizers
-from purelearn.experiments._common import mnist, subset
+from purelearn.experiments._common import mnist, subset, train_test_curves
 from purelearn.models import mlp
 from purelearn.training import train_run
 
@@ -45,10 +44,7 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
 
     curves = jax.jit(jax.vmap(one))(jnp.asarray(LAMBDAS))
     runs = {
-        f"{lam:g}": {
-            "train_acc": np.round(np.asarray(curves["train_accuracy"][i]), 4).tolist(),
-            "test_acc": np.round(np.asarray(curves["eval_accuracy"][i]), 4).tolist(),
-        }
+        f"{lam:g}": train_test_curves(jax.tree.map(lambda c, i=i: c[i], curves))
         for i, lam in enumerate(LAMBDAS)
     }
     return {
