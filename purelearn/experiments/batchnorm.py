@@ -44,7 +44,7 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
     (x, y), _, described = mnist(data)
     x, y = subset(x, y, 1000, seed)
     scales = np.logspace(0, -4, num=4 if quick else 16)
-    epochs = 5 if quick else 20
+    epochs = 10 if quick else 20
     key = jax.random.key(seed)
     with_bn = train_accuracy_curves(x, y, scales, use_bn=True, epochs=epochs, key=key)
     plain = train_accuracy_curves(x, y, scales, use_bn=False, epochs=epochs, key=key)
