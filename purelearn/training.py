@@ -107,6 +107,29 @@ def _check_weight_decay(weight_decay: float) -> None:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_pair(name: str, data: Batch) -> tuple[jax.Array, jax.Array]:
+    """``(x, y)`` as arrays with as many labels as inputs."""
+    x, y = (jnp.asarray(a) for a in data)
+    if len(x) != len(y):
+        raise ValueError(f"{name} has {len(x)} inputs but {len(y)} labels")
+    return x, y
+
+
+def _check_run(train_data: Batch, *, epochs: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Validate a run's sizes before anything is traced; the training arrays."""
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    x, y = _check_pair("train_data", train_data)
+    if batch_size > len(x):
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
+    return x, y
+
+
 def _step_fn(
     model: Model, optimizer: optax.GradientTransformation, weight_decay: float
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
@@ -310,6 +333,7 @@ def train_run(
     key: jax.Array,
     eval_data: Batch | None = None,
     weight_decay: float | jax.Array = 0.0,
+    early_stopping: EarlyStopping | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """A whole training run as one pure function: ``vmap`` it over keys or hyperparameters.
 
@@ -319,10 +343,19 @@ def train_run(
     weight decay, and hyperparameters injected with
     ``optax.inject_hyperparams``, may be traced).
 
+    Early stopping is a mask, not a break: the scan always runs ``epochs``
+    epochs, but once ``early_stopping`` fires (on eval accuracy, or train
+    accuracy without ``eval_data``, checked after each epoch as :func:`fit`
+    does) the state stops changing, so a vmapped run can stop on its own
+    while its neighbours go on. The returned state is then the one
+    :func:`fit` would return.
+
     Returns:
       ``(state, curves)``; ``curves`` holds per-epoch arrays "loss",
       "train_accuracy" and, with ``eval_data``, "eval_accuracy" (accuracies
-      in inference mode on the whole sets).
+      in inference mode on the whole sets); with ``early_stopping`` also
+      "trained" (bool: whether that epoch trained). After a stop the curves
+      repeat their last trained values.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, purelearn as pl
@@ -339,14 +372,39 @@ def train_run(
     run_epoch = _epoch_fn(_step_fn(model, optimizer, weight_decay), batch_size)
     x, y = train_data
 
-    def epoch(state, _):
-        state, metrics = run_epoch(state, x, y)
-        curves = {"loss": metrics["loss"].mean(), "train_accuracy": _accuracy(model, state, x, y)}
+    def measure(state, loss):
+        curves = {"loss": loss, "train_accuracy": _accuracy(model, state, x, y)}
         if eval_data is not None:
             curves["eval_accuracy"] = _accuracy(model, state, *eval_data)
-        return state, curves
+        return curves
 
-    return jax.lax.scan(epoch, TrainState.create(model, optimizer, key), length=epochs)
+    def epoch(state, _):
+        state, metrics = run_epoch(state, x, y)
+        return state, measure(state, metrics["loss"].mean())
+
+    def stoppable_epoch(carry, _):
+        state, stopper, last_loss = carry
+        stopped = stopper.should_stop  # sticky: once set, every later epoch is masked
+        trained, metrics = run_epoch(state, x, y)
+        # the key never changes, and key arrays do not go through jnp.where
+        state = jax.tree.map(
+            lambda new, old: jnp.where(stopped, old, new),
+            trained._replace(key=None),
+            state._replace(key=None),
+        )._replace(key=trained.key)
+        curves = measure(state, jnp.where(stopped, last_loss, metrics["loss"].mean()))
+        stopper = early_stopping.update(
+            stopper, curves.get("eval_accuracy", curves["train_accuracy"])
+        )
+        return (state, stopper, curves["loss"]), {**curves, "trained": ~stopped}
+
+    start = TrainState.create(model, optimizer, key)
+    if early_stopping is None:
+        return jax.lax.scan(epoch, start, length=epochs)
+    loss_type = jax.eval_shape(lambda s: run_epoch(s, x, y)[1]["loss"], start).dtype
+    carry = (start, early_stopping.init(), jnp.array(jnp.nan, loss_type))
+    (state, _, _), curves = jax.lax.scan(stoppable_epoch, carry, length=epochs)
+    return state, curves
 
 
 def fit(
@@ -399,14 +457,7 @@ def fit(
     from tqdm.auto import tqdm
 
     _check_weight_decay(weight_decay)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    x, y = (jnp.asarray(a) for a in train_data)
-    if len(x) != len(y):
-        raise ValueError(f"train_data has {len(x)} inputs but {len(y)} labels")
-    if batch_size > len(x):
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
+    x, y = _check_run(train_data, epochs=epochs, batch_size=batch_size)
     if state is None:
         state = TrainState.create(model, optimizer, key)
     run_epoch = jax.jit(

@@ -468,6 +468,58 @@ def test_train_run_equals_fit():
     np.testing.assert_allclose(curves["eval_accuracy"], history["eval_accuracy"], atol=1e-6)
 
 
+def test_train_run_early_stopping_equals_fit():
+    # min_delta 1.0: only the first epoch improves, so both stop after epoch 2
+    model, opt = pl.mlp([5, 8, 3], batch_norm=True, dropout_rate=0.1), pl.momentum(0.05)
+    data, held_out = toy_data(n=64), toy_data(n=32, seed=2)
+    kw = {
+        "epochs": 5,
+        "batch_size": 16,
+        "key": jax.random.key(4),
+        "eval_data": held_out,
+        "early_stopping": pl.EarlyStopping(patience=1, min_delta=1.0),
+    }
+    state, history = pl.fit(model, opt, data, progress=False, **kw)
+    assert len(history["loss"]) == 2
+    run_state, curves = jax.jit(lambda: pl.train_run(model, opt, data, **kw))()
+    assert curves["trained"].tolist() == [True, True, False, False, False]
+    assert int(run_state.step) == int(state.step) == 8
+    np.testing.assert_allclose(
+        ravel_pytree(run_state.params)[0], ravel_pytree(state.params)[0], rtol=1e-5, atol=1e-6
+    )
+    for name in ("loss", "train_accuracy", "eval_accuracy"):
+        np.testing.assert_allclose(curves[name][:2], history[name], rtol=1e-5, atol=1e-6)
+        assert curves[name][2:].tolist() == [curves[name][1]] * 3  # frozen after the stop
+
+
+def test_vmapped_runs_stop_on_their_own():
+    # lr 0 never improves (stops after 1 + patience epochs); its lane must not
+    # hold back or disturb the lane that keeps training
+    model, data = pl.mlp([5, 8, 3]), toy_data(n=48)
+    es = pl.EarlyStopping(patience=2)
+
+    def run(lr):
+        opt = optax.inject_hyperparams(pl.sgd)(learning_rate=lr)
+        return pl.train_run(
+            model, opt, data, epochs=6, batch_size=16, key=jax.random.key(0), early_stopping=es
+        )
+
+    lrs = jnp.array([0.0, 0.3])
+    batched_state, batched = jax.jit(jax.vmap(run))(lrs)
+    assert batched["trained"][0].tolist() == [True] * 3 + [False] * 3
+    assert batched_state.step.tolist()[0] == 3 * 3
+    for i in range(2):
+        single_state, single = jax.jit(run)(lrs[i])
+        assert batched["trained"][i].tolist() == single["trained"].tolist()
+        np.testing.assert_allclose(batched["loss"][i], single["loss"], rtol=1e-5)
+        np.testing.assert_allclose(
+            ravel_pytree(jax.tree.map(lambda a, i=i: a[i], batched_state.params))[0],
+            ravel_pytree(single_state.params)[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
 def test_vmapped_runs_equal_single_runs():
     model = pl.mlp([5, 8, 3])
     data = toy_data(n=48)
