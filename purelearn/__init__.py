@@ -50,6 +50,16 @@ from purelearn.training import (
     save_checkpoint,
     train_run,
 )
+from purelearn.tuning import (
+    LogUniform,
+    Uniform,
+    bayes_search,
+    grid_search,
+    log_uniform,
+    random_search,
+    top_k_table,
+    uniform,
+)
 
 __version__ = "0.1.0"
 
@@ -100,4 +110,13 @@ __all__ = [
     # data
     "load_mnist",
     "download_mnist",
+    # tuning
+    "log_uniform",
+    "uniform",
+    "LogUniform",
+    "Uniform",
+    "random_search",
+    "grid_search",
+    "bayes_search",
+    "top_k_table",
 ]

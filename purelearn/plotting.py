@@ -38,6 +38,7 @@ __all__ = [
     "headline_table",
     "write_report",
     "smooth_curve",
+    "search_figure",
 ]
 
 #: The experiments, in the chapter's (and the report's) order.
@@ -463,8 +464,33 @@ def _dropout_figure(data: Mapping) -> Figure:
     )
 
 
-def _search_figure(data: Mapping) -> Figure:
-    trials = list(data["trials"])[:20]
+_SHORT_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
+_SCORES = ("trial", "val_acc", "train_acc", "epochs_run")
+
+
+def _hyperparameters(result: Mapping) -> list[tuple[str, float]]:
+    """A result's hyperparameters: its numbers other than the scores."""
+    return [
+        (_SHORT_NAMES.get(k, k), float(v))
+        for k, v in result.items()
+        if k not in _SCORES and isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+
+
+def search_figure(results: Sequence[Mapping], k: int = 20) -> Figure:
+    """The textbook's Figure 6-24 for any search: one panel per trial, best first.
+
+    Each panel draws the trial's per-epoch validation (solid) and training
+    (dashed) accuracy and lists its hyperparameters.
+
+    Args:
+      results: the list :func:`~purelearn.tuning.random_search` (or
+        ``grid_search``, ``bayes_search``) returns, best first.
+      k: how many of the best trials to draw.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    trials = list(results)[:k]
     n = max(1, len(trials))
     rows, cols = _grid(n, 5)
     fig = _new_figure(2.15 * cols + 0.4, 1.9 * rows + 0.9)
@@ -480,7 +506,7 @@ def _search_figure(data: Mapping) -> Figure:
         ax.text(
             0.03,
             0.96,
-            f"lr {float(t['learning_rate']):.1e}\nwd {float(t['weight_decay']):.1e}",
+            "\n".join(f"{name} {value:.1e}" for name, value in _hyperparameters(t)),
             transform=ax.transAxes,
             ha="left",
             va="top",
@@ -495,6 +521,10 @@ def _search_figure(data: Mapping) -> Figure:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside upper center", ncols=2, fontsize=9)
     return fig
+
+
+def _search_figure(data: Mapping) -> Figure:
+    return search_figure(data["trials"])
 
 
 _FIGURES: dict[str, Callable[[Mapping], Figure]] = {
