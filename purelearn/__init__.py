@@ -51,8 +51,7 @@ from purelearn.training import (
     train_run,
 )
 from purelearn.tuning import (
-    LogUniform,
-    Uniform,
+    Distribution,
     bayes_search,
     grid_search,
     log_uniform,
@@ -113,8 +112,7 @@ __all__ = [
     # tuning
     "log_uniform",
     "uniform",
-    "LogUniform",
-    "Uniform",
+    "Distribution",
     "random_search",
     "grid_search",
     "bayes_search",

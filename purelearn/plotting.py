@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import html
 import math
+import numbers
 import os
 import pathlib
 import warnings
@@ -488,7 +489,7 @@ def search_figure(results: Sequence[Mapping], k: int = 20) -> Figure:
         ``grid_search``, ``bayes_search``) returns, best first.
       k: how many of the best trials to draw.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     trials = list(results)[:k]
     n = max(1, len(trials))

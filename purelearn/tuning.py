@@ -5,16 +5,24 @@ Every search trains its trials as one vmapped, jitted program of
 optimizer is ``optax.inject_hyperparams(optimizer_factory)(**hyperparams)``
 with the sampled values traced, and the L2 penalty ``weight_decay`` is
 traced too. Trials run in chunks of ``max_parallel`` (the last chunk padded
-by repeating a trial, the padding dropped), so memory is bounded and the
-numbers do not depend on the chunking. Trial ``i`` uses the key
-``jax.random.split(key, num_trials)[i]``: it trains exactly as
-``train_run(..., key=keys[i])`` would alone.
+by repeating a trial, the padding dropped), so memory stays bounded; a
+different chunk width changes the numbers only by float rounding (batched
+matmuls may sum in another order). Trial ``i`` uses the key
+``jax.random.split(key, num_trials)[i]`` and, in a random search, row ``i``
+of one uniform draw: it trains as ``train_run(..., key=keys[i])`` would
+alone, and a longer search with the same key extends a shorter one.
 
 A search space maps names to distributions or fixed numbers::
 
     space = {"learning_rate": pl.log_uniform(1e-6, 1e-2),   # exp(U(log lo, log hi))
              "weight_decay": pl.log_uniform(1e-8, 1e-4),
              "b1": 0.9}                                      # fixed
+
+Fixed numbers are injected like sampled ones; fixed bools, strings and None
+(``nesterov=True``) are passed to the factory as they are. Before anything
+is traced, the factory is built once with the space's low ends and once with
+its high ends (as float32), so its own checks (a negative rate, ``b1 >= 1``,
+a missing argument) raise a ``ValueError`` at the call.
 
 Names are ``"weight_decay"`` (always the L2 penalty) and the arguments of
 ``optimizer_factory``. Results are dicts, best validation accuracy first
@@ -31,6 +39,7 @@ draws the best curves as the textbook's Figure 6-24 does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import itertools
 import math
@@ -54,8 +63,7 @@ from purelearn.training import (
 )
 
 __all__ = [
-    "LogUniform",
-    "Uniform",
+    "Distribution",
     "log_uniform",
     "uniform",
     "random_search",
@@ -94,37 +102,34 @@ def _check_bounds(low: float, high: float, *, positive: bool) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Uniform:
-    """``x ~ U(low, high)``. Build with :func:`uniform`."""
+class Distribution:
+    """One continuous dimension of a search space: ``x ~ U(low, high)``, or with
+    ``log``, ``x = exp(u)``, ``u ~ U(log low, log high)``. Build with
+    :func:`uniform` or :func:`log_uniform`."""
 
     low: float
     high: float
+    log: bool = False
 
     def __post_init__(self):
-        _check_bounds(self.low, self.high, positive=False)
+        if not isinstance(self.log, bool):
+            raise ValueError(f"log must be True or False, got {self.log!r}")
+        _check_bounds(self.low, self.high, positive=self.log)
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` float64 samples in ``[low, high)``."""
-        return rng.uniform(self.low, self.high, n)
+        """``n`` float64 samples in ``[low, high]``."""
+        return self.from_unit(rng.random(n))
+
+    def from_unit(self, u: np.ndarray) -> np.ndarray:
+        """Map uniform draws ``u`` in ``[0, 1)`` onto the distribution (float64)."""
+        u = np.asarray(u, np.float64)
+        if not self.log:
+            return self.low + (self.high - self.low) * u
+        lo, hi = math.log(self.low), math.log(self.high)
+        return np.clip(np.exp(lo + (hi - lo) * u), self.low, self.high)  # exp may round past
 
 
-@dataclasses.dataclass(frozen=True)
-class LogUniform:
-    """``x = exp(u)``, ``u ~ U(log low, log high)``. Build with :func:`log_uniform`."""
-
-    low: float
-    high: float
-
-    def __post_init__(self):
-        _check_bounds(self.low, self.high, positive=True)
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` float64 samples in ``[low, high]``, uniform in ``log x``."""
-        draws = np.exp(rng.uniform(math.log(self.low), math.log(self.high), n))
-        return np.clip(draws, self.low, self.high)
-
-
-def uniform(low: float, high: float) -> Uniform:
+def uniform(low: float, high: float) -> Distribution:
     """The uniform distribution on ``[low, high)``.
 
     Raises ``ValueError`` naming the value for non-finite bounds or ``low >= high``.
@@ -135,10 +140,10 @@ def uniform(low: float, high: float) -> Uniform:
       >>> bool(((0.0 <= x) & (x < 0.5)).all())
       True
     """
-    return Uniform(low, high)
+    return Distribution(low, high)
 
 
-def log_uniform(low: float, high: float) -> LogUniform:
+def log_uniform(low: float, high: float) -> Distribution:
     """The log-uniform distribution: ``exp(U(log low, log high))``, for scale parameters.
 
     Raises ``ValueError`` naming the value for non-finite or non-positive
@@ -150,10 +155,7 @@ def log_uniform(low: float, high: float) -> LogUniform:
       >>> bool(((1e-6 <= x) & (x <= 1e-2)).all()), round(float(np.median(np.log10(x))))
       (True, -4)
     """
-    return LogUniform(low, high)
-
-
-Distribution = Uniform | LogUniform
+    return Distribution(low, high, log=True)
 
 
 # -- validation --------------------------------------------------------------------
@@ -186,37 +188,84 @@ def _check_names(names: Sequence[str], optimizer_factory: OptimizerFactory, what
             )
 
 
-def _check_number(name: str, value: Any) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(
-            f"{name!r} must be a distribution (uniform, log_uniform) or a finite number, "
-            f"got {value!r}"
-        )
-    if name == "weight_decay" and value < 0:
-        raise ValueError(f"'weight_decay' must be >= 0, got {value!r}")
-    return float(value)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_fixed(name: str, value: Any) -> Any:
+    """A fixed value: a finite number (injected like a sampled one) or a bool, string or
+    None (passed to the factory as is, e.g. ``nesterov=True``)."""
+    if _is_number(value):
+        if not math.isfinite(value):
+            raise ValueError(f"{name!r} must be finite, got {value!r}")
+        if name == "weight_decay" and value < 0:
+            raise ValueError(f"'weight_decay' must be >= 0, got {value!r}")
+        return float(value)
+    if isinstance(value, bool | str) or value is None:
+        if name == "weight_decay":
+            raise ValueError(f"'weight_decay' must be a number, got {value!r}")
+        return value
+    raise ValueError(
+        f"{name!r} must be a distribution (uniform, log_uniform), a finite number, "
+        f"a bool, a string or None, got {value!r}"
+    )
+
+
+def _check_factory(
+    optimizer_factory: OptimizerFactory, settings: Mapping[str, Any], what: str
+) -> None:
+    """Build the optimizer once with plain values, so its own checks (negative rates,
+    ``b1 >= 1``, missing arguments) fail here and not inside a traced program."""
+    kwargs = {k: v for k, v in settings.items() if k != "weight_decay"}
+    try:
+        optimizer_factory(**kwargs)
+    except (TypeError, ValueError) as err:
+        factory = getattr(optimizer_factory, "__name__", repr(optimizer_factory))
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ValueError(f"{what}: {factory}({shown}) fails: {err}") from err
+
+
+def _float32(x: float) -> float:
+    """``x`` as training will see it (hyperparameters are injected as float32)."""
+    return float(np.float32(x))
 
 
 def _split_space(
     space: Mapping[str, Any], optimizer_factory: OptimizerFactory
-) -> tuple[dict[str, Distribution], dict[str, float]]:
-    """The space's distributions and fixed values, validated."""
+) -> tuple[dict[str, Distribution], dict[str, Any]]:
+    """The space's distributions and fixed values, validated against the factory."""
+    if not isinstance(space, Mapping):
+        raise ValueError(f"space must be a mapping of names to distributions, got {space!r}")
     _check_names(list(space), optimizer_factory, "space")
     dists, fixed = {}, {}
     for name, value in space.items():
-        if isinstance(value, Uniform | LogUniform):
+        if isinstance(value, Distribution):
             if name == "weight_decay" and value.low < 0:
                 raise ValueError(f"'weight_decay' must be >= 0, got a range from {value.low!r}")
             dists[name] = value
         else:
-            fixed[name] = _check_number(name, value)
+            fixed[name] = _check_fixed(name, value)
+    for end in ("low", "high"):
+        bounds = {name: _float32(getattr(d, end)) for name, d in dists.items()}
+        _check_factory(optimizer_factory, {**fixed, **bounds}, f"the space's {end} ends")
     return dists, fixed
 
 
 def _as_key(key: Any) -> jax.Array:
+    """A typed key, a raw ``uint32[2]`` key, or an int seed."""
+    if isinstance(key, bool):
+        raise ValueError(f"key must be a PRNG key or an int seed, got {key!r}")
     if isinstance(key, numbers.Integral):
         return jax.random.key(int(key))
-    return key
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return key
+    elif dtype == np.uint32 and shape == (2,):
+        return key
+    elif dtype is not None and jax.dtypes.issubdtype(dtype, np.integer) and shape == ():
+        return jax.random.key(int(key))
+    raise ValueError(f"key must be one PRNG key (jax.random.key(0)) or an int seed, got {key!r}")
 
 
 def _numpy_rng(key: jax.Array) -> np.random.Generator:
@@ -224,6 +273,13 @@ def _numpy_rng(key: jax.Array) -> np.random.Generator:
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     data = jax.random.key_data(key) if typed else key
     return np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+
+
+def _sample(dists: Mapping[str, Distribution], rng: np.random.Generator, n: int) -> dict:
+    """Trial ``i``'s values come from row ``i`` of one draw, so they do not depend on
+    ``n``: a longer search extends a shorter one with the same key."""
+    u = rng.random((n, len(dists)))
+    return {name: dist.from_unit(u[:, j]) for j, (name, dist) in enumerate(dists.items())}
 
 
 # -- the vmapped runner ----------------------------------------------------------------
@@ -241,12 +297,15 @@ def _make_runner(
     """``run(hparams, keys, x, y, vx, vy) -> (val_curves, train_curves, loss_curves,
     epochs_run)``,
     jitted and vmapped over the leading axis of ``hparams`` (a dict of arrays) and ``keys``."""
-    fixed_opt = {k: v for k, v in fixed.items() if k != "weight_decay"}
+    injected = {k: v for k, v in fixed.items() if k != "weight_decay" and _is_number(v)}
+    static = {k: v for k, v in fixed.items() if not _is_number(v)}
+    # bools and strings select code paths: they must not become traced arrays
+    factory = functools.partial(optimizer_factory, **static) if static else optimizer_factory
 
     def trial(hparams, key, x, y, vx, vy):
         hparams = dict(hparams)
         weight_decay = hparams.pop("weight_decay", fixed.get("weight_decay", 0.0))
-        optimizer = optax.inject_hyperparams(optimizer_factory)(**fixed_opt, **hparams)
+        optimizer = optax.inject_hyperparams(factory)(**injected, **hparams)
         _, curves = train_run(
             model,
             optimizer,
@@ -311,7 +370,7 @@ def _search(
     data: tuple[jax.Array, ...],
     *,
     values: dict[str, np.ndarray],
-    fixed: dict[str, float],
+    fixed: dict[str, Any],
     num_trials: int,
     epochs: int,
     batch_size: int,
@@ -320,8 +379,6 @@ def _search(
     early_stopping: EarlyStopping | None,
 ) -> list[dict]:
     """Train ``num_trials`` trials (the hyperparameters in ``values`` and ``fixed``)."""
-    # the values actually trained with: float32, as reported
-    values = {k: np.asarray(v, np.float32) for k, v in values.items()}
     runner = _make_runner(
         model,
         optimizer_factory,
@@ -337,13 +394,31 @@ def _search(
 
 
 def _check_common(
-    train_data: Batch, val_data: Batch, epochs: int, batch_size: int, max_parallel: int | None
+    train_data: Batch,
+    val_data: Batch,
+    epochs: int,
+    batch_size: int,
+    max_parallel: int | None,
+    early_stopping: EarlyStopping | None,
 ) -> tuple[jax.Array, ...]:
     """Validate what every search shares before anything is traced; the data arrays."""
     if max_parallel is not None:
         _check_positive_int("max_parallel", max_parallel)
+    if early_stopping is not None and early_stopping.mode != "max":
+        raise ValueError(
+            "a search's early stopping watches validation accuracy, so its mode must be "
+            f"'max', got {early_stopping.mode!r}"
+        )
     x, y = _check_run(train_data, epochs=epochs, batch_size=batch_size)
-    return (x, y, *_check_pair("val_data", val_data))
+    vx, vy = _check_pair("val_data", val_data)
+    if len(vx) == 0:
+        raise ValueError("val_data is empty: trials are ranked by validation accuracy")
+    if vx.shape[1:] != x.shape[1:] or vy.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"val_data's shapes {vx.shape[1:]} / {vy.shape[1:]} per example differ from "
+            f"train_data's {x.shape[1:]} / {y.shape[1:]}"
+        )
+    return x, y, vx, vy
 
 
 # -- searches ------------------------------------------------------------------------
@@ -355,7 +430,7 @@ def random_search(
     train_data: Batch,
     val_data: Batch,
     *,
-    space: Mapping[str, Distribution | float],
+    space: Mapping[str, Any],
     num_trials: int,
     epochs: int,
     batch_size: int,
@@ -373,14 +448,15 @@ def random_search(
       model: a :class:`~purelearn.models.Model`.
       optimizer_factory: e.g. ``pl.sgd``; called through ``optax.inject_hyperparams``.
       train_data, val_data: ``(x, y)`` pairs.
-      space: ``{name: uniform(...) | log_uniform(...) | number}``; names are
+      space: ``{name: uniform(...) | log_uniform(...) | fixed value}``; names are
         ``"weight_decay"`` (the L2 penalty) and arguments of ``optimizer_factory``.
       num_trials, epochs, batch_size: positive integers.
       key: a JAX key (or an int seed); it seeds both the draws and the trials.
       max_parallel: trials per compiled chunk (default: all at once).
-      early_stopping: stop a trial when its validation accuracy stops improving;
-        a stopped trial's state and curves stay frozen, and its result gains
-        ``"epochs_run"``.
+      early_stopping: stop a trial when its validation accuracy stops improving
+        (mode "max"); a stopped trial's state and curves stay frozen, its
+        ``"val_acc"`` is the accuracy it stopped at (not its best), and its
+        result gains ``"epochs_run"``.
 
     Returns:
       Result dicts, best ``"val_acc"`` first.
@@ -397,11 +473,10 @@ def random_search(
       (4, True, 3)
     """
     _check_positive_int("num_trials", num_trials)
-    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel)
     dists, fixed = _split_space(space, optimizer_factory)
     key = _as_key(key)
-    rng = _numpy_rng(key)
-    values = {name: dist.sample(rng, num_trials) for name, dist in dists.items()}
+    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel, early_stopping)
+    values = _sample(dists, _numpy_rng(key), num_trials)
     return _search(
         model,
         optimizer_factory,
@@ -446,15 +521,28 @@ def grid_search(
       >>> len(results)
       4
     """
-    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel)
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"grid must be a mapping of names to value lists, got {grid!r}")
     _check_names(list(grid), optimizer_factory, "grid")
     lists = {}
     for name, options in grid.items():
-        if isinstance(options, str | bytes) or not isinstance(options, Sequence | np.ndarray):
-            raise ValueError(f"grid[{name!r}] must be a sequence of numbers, got {options!r}")
-        if len(options) == 0:
+        if isinstance(options, str | bytes | Mapping):
+            options = None  # iterable, but not a list of values
+        try:
+            array = np.asarray(options, np.float64)
+        except (TypeError, ValueError):
+            array = np.empty((0, 0))
+        if array.ndim != 1:
+            raise ValueError(f"grid[{name!r}] must be a 1-D list of numbers, got {options!r}")
+        if array.size == 0:
             raise ValueError(f"grid[{name!r}] is empty")
-        lists[name] = [_check_number(name, v) for v in options]
+        lists[name] = [_check_fixed(name, float(v)) for v in array]
+    first = {name: _float32(values[0]) for name, values in lists.items()}
+    for name, values in lists.items():
+        for v in values:
+            _check_factory(optimizer_factory, {**first, name: _float32(v)}, f"grid[{name!r}]")
+    key = _as_key(key)
+    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel, early_stopping)
     points = list(itertools.product(*lists.values()))
     values = {name: np.array([p[j] for p in points]) for j, name in enumerate(lists)}
     return _search(
@@ -466,7 +554,7 @@ def grid_search(
         num_trials=len(points),
         epochs=epochs,
         batch_size=batch_size,
-        key=_as_key(key),
+        key=key,
         max_parallel=max_parallel,
         early_stopping=early_stopping,
     )
@@ -478,7 +566,7 @@ def bayes_search(
     train_data: Batch,
     val_data: Batch,
     *,
-    space: Mapping[str, Distribution | float],
+    space: Mapping[str, Any],
     num_trials: int,
     epochs: int,
     batch_size: int,
@@ -515,14 +603,13 @@ def bayes_search(
         raise ImportError("bayes_search needs Optuna: pip install 'purelearn[examples]'") from err
     _check_positive_int("num_trials", num_trials)
     _check_positive_int("trials_per_batch", trials_per_batch)
-    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel)
     if sampler not in ("tpe", "gp"):
         raise ValueError(f"sampler must be 'tpe' or 'gp', got {sampler!r}")
     dists, fixed = _split_space(space, optimizer_factory)
     key = _as_key(key)
+    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel, early_stopping)
     seed = int(_numpy_rng(key).integers(2**31))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if sampler == "gp":
@@ -536,8 +623,6 @@ def bayes_search(
             chosen = optuna.samplers.GPSampler(seed=seed)
         else:
             chosen = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    study = optuna.create_study(direction="maximize", sampler=chosen)
-
     runner = _make_runner(
         model,
         optimizer_factory,
@@ -548,33 +633,49 @@ def bayes_search(
     )
     keys = jax.random.split(key, num_trials)
     chunk = min(max_parallel or trials_per_batch, trials_per_batch, num_trials)
-    names = list(dists)
-    all_values: dict[str, list[float]] = {name: [] for name in names}
-    all_curves = []
-    for start in range(0, num_trials, trials_per_batch):
-        count = min(trials_per_batch, num_trials - start)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
+    try:
+        study = optuna.create_study(direction="maximize", sampler=chosen)
+        values, curves = _ask_train_tell(study, runner, dists, keys, data, trials_per_batch, chunk)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return _results(values, fixed, curves, early_stopping)
+
+
+def _ask_train_tell(
+    study: Any,
+    runner: Callable,
+    dists: Mapping[str, Distribution],
+    keys: jax.Array,
+    data: tuple[jax.Array, ...],
+    trials_per_batch: int,
+    chunk: int,
+) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
+    """Optuna's loop a batch at a time: every trial's values and curves, in asked order."""
+    import optuna
+
+    values: dict[str, list[float]] = {name: [] for name in dists}
+    curves = []
+    for start in range(0, len(keys), trials_per_batch):
+        count = min(trials_per_batch, len(keys) - start)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trials = [study.ask() for _ in range(count)]
-            values = {
+            batch = {
                 name: np.array(
-                    [
-                        t.suggest_float(name, dist.low, dist.high, log=isinstance(dist, LogUniform))
-                        for t in trials
-                    ],
-                    np.float32,
+                    [t.suggest_float(name, d.low, d.high, log=d.log) for t in trials], np.float64
                 )
-                for name, dist in dists.items()
+                for name, d in dists.items()
             }
-        curves = _run_chunked(runner, values, keys[start : start + count], data, chunk)
-        for trial, score in zip(trials, curves[0][:, -1], strict=True):
+        out = _run_chunked(runner, batch, keys[start : start + count], data, chunk)
+        for trial, score in zip(trials, out[0][:, -1], strict=True):
             study.tell(trial, float(score))
-        for name in names:
-            all_values[name].extend(values[name].tolist())
-        all_curves.append(curves)
-    stacked = tuple(np.concatenate(parts) for parts in zip(*all_curves, strict=True))
-    values = {name: np.asarray(v, np.float32) for name, v in all_values.items()}
-    return _results(values, fixed, stacked, early_stopping)
+        for name in dists:
+            values[name].extend(batch[name].tolist())
+        curves.append(out)
+    stacked = tuple(np.concatenate(parts) for parts in zip(*curves, strict=True))
+    return {name: np.asarray(v) for name, v in values.items()}, stacked
 
 
 # -- reporting ---------------------------------------------------------------------
@@ -598,7 +699,7 @@ def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
     body = [
         [
             str(i + 1),
-            *(f"{r[n]:.3g}" for n in names),
+            *(f"{r[n]:.3g}" if _is_number(r[n]) else str(r[n]) for n in names),
             f"{r['val_acc']:.4f}",
             f"{r['train_acc']:.4f}",
         ]

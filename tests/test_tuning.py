@@ -120,9 +120,7 @@ def test_chunked_equals_unchunked(data, results, max_parallel):
 
 def test_a_vmapped_trial_equals_the_same_trial_run_alone(data, results):
     (train, val), key = data, jax.random.key(0)
-    # "trial" is the draw's index, and trial i trains with split(key, num_trials)[i]
-    lrs = np.float32(SPACE["learning_rate"].sample(pl.tuning._numpy_rng(key), 6))
-    assert [lrs[r["trial"]] for r in results] == [r["learning_rate"] for r in results]
+    # trial i trains with split(key, num_trials)[i] and the float32 of its reported values
     keys = jax.random.split(key, 6)
     for r in results[:: len(results) - 1]:  # the best and the worst
         i = r["trial"]
@@ -145,6 +143,34 @@ def test_a_vmapped_trial_equals_the_same_trial_run_alone(data, results):
         np.testing.assert_allclose(curves["eval_accuracy"], r["val_acc_curve"], atol=1e-6)
         np.testing.assert_allclose(curves["train_accuracy"], r["train_acc_curve"], atol=1e-6)
         np.testing.assert_allclose(curves["loss"], r["loss_curve"], rtol=1e-5)
+
+
+def test_a_longer_search_extends_a_shorter_one(data, results):
+    by_trial = sorted(results, key=lambda r: r["trial"])
+    shorter = sorted(search(data, num_trials=3), key=lambda r: r["trial"])
+    for a, b in zip(shorter, by_trial[:3], strict=True):
+        assert (a["learning_rate"], a["weight_decay"]) == (b["learning_rate"], b["weight_decay"])
+        np.testing.assert_allclose(a["loss_curve"], b["loss_curve"], rtol=1e-5)
+
+
+def test_one_trial_and_more_parallel_than_trials(data, results):
+    (one,) = search(data, num_trials=1, max_parallel=8)
+    first = next(r for r in results if r["trial"] == 0)
+    assert one["learning_rate"] == first["learning_rate"]
+    np.testing.assert_allclose(one["loss_curve"], first["loss_curve"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(0), jax.random.PRNGKey(0), jax.random.key(0)])
+def test_every_form_of_key_gives_the_same_search(data, key):
+    out = search(data, num_trials=2, key=key)
+    ref = search(data, num_trials=2, key=jax.random.key(0))
+    assert [r["learning_rate"] for r in out] == [r["learning_rate"] for r in ref]
+
+
+@pytest.mark.parametrize("key", [True, 1.5, "0", jax.random.split(jax.random.key(0), 2)])
+def test_a_bad_key_is_named(data, key):
+    with pytest.raises(ValueError, match="key"):
+        search(data, key=key)
 
 
 def test_fixed_values_pass_through(data):
@@ -193,14 +219,33 @@ def test_grid_search_covers_the_product(data):
     )
     assert len(out) == 6
     points = {(r["learning_rate"], r["weight_decay"]) for r in out}
-    expected = {
-        (float(np.float32(a)), float(np.float32(b)))
-        for a in grid["learning_rate"]
-        for b in grid["weight_decay"]
-    }
-    assert points == expected
+    assert points == {(a, b) for a in grid["learning_rate"] for b in grid["weight_decay"]}
     accs = [r["val_acc"] for r in out]
     assert accs == sorted(accs, reverse=True)
+    # product order: the last name varies fastest
+    by_trial = sorted(out, key=lambda r: r["trial"])
+    assert [(r["learning_rate"], r["weight_decay"]) for r in by_trial[:2]] == [
+        (0.01, 0.0),
+        (0.01, 1e-3),
+    ]
+    # max_parallel=4 pads the second chunk; the same points unchunked agree
+    whole = pl.grid_search(MODEL, pl.sgd, *data, grid=grid, epochs=2, batch_size=BATCH, key=0)
+    for a, b in zip(sorted(whole, key=lambda r: r["trial"]), by_trial, strict=True):
+        np.testing.assert_allclose(a["loss_curve"], b["loss_curve"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [np.array, jnp.array, tuple])
+def test_grid_values_may_be_arrays(data, make):
+    out = pl.grid_search(
+        MODEL,
+        pl.sgd,
+        *data,
+        grid={"learning_rate": make([0.01, 0.1])},
+        epochs=1,
+        batch_size=BATCH,
+        key=0,
+    )
+    assert sorted(r["learning_rate"] for r in out) == pytest.approx([0.01, 0.1])
 
 
 @pytest.mark.parametrize(
@@ -209,8 +254,13 @@ def test_grid_search_covers_the_product(data):
         ({}, "empty"),
         ({"learning_rate": []}, "learning_rate"),
         ({"momentum": [0.9]}, "'momentum'"),
-        ({"learning_rate": 0.1}, "sequence"),
+        ({"learning_rate": 0.1}, "1-D"),
         ({"learning_rate": [0.1, math.nan]}, "nan"),
+        ({"learning_rate": np.float64(0.1)}, "1-D"),
+        ({"learning_rate": [[0.1]]}, "1-D"),
+        ({"learning_rate": ["fast"]}, "fast"),
+        ({"learning_rate": [0.1, -0.1]}, "-0.1"),
+        ({"weight_decay": [0.0, -1.0]}, "-1.0"),
     ],
 )
 def test_grid_search_errors(data, grid, match):
@@ -370,3 +420,81 @@ def test_bayes_search_gp_sampler_or_a_clear_error(data):
             pl.bayes_search(MODEL, pl.sgd, *data, key=0, sampler="gp", **kwargs)
     else:  # pragma: no cover - PyTorch is not in the test extra
         assert len(pl.bayes_search(MODEL, pl.sgd, *data, key=0, sampler="gp", **kwargs)) == 4
+
+
+# -- validation before tracing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "space", "match"),
+    [
+        (pl.sgd, {"learning_rate": -0.1}, "-0.1"),
+        (pl.sgd, {"learning_rate": pl.uniform(-0.1, 0.1)}, "low ends.*-0.1"),
+        (pl.adam, {"b1": pl.uniform(0.5, 1.5)}, "high ends.*b1=1.5"),
+        (pl.adam, {"b2": pl.uniform(0.9, 0.99999999)}, "b2=1.0"),  # 1.0 in float32
+        (lambda learning_rate, decay: pl.adamw(learning_rate, weight_decay=decay),
+         {"learning_rate": 0.1}, "decay"),
+        (pl.momentum, {"learning_rate": 0.1, "momentum": [0.9]}, r"\[0.9\]"),
+    ],
+)  # fmt: skip
+def test_the_factory_checks_the_space_before_tracing(data, factory, space, match):
+    with pytest.raises(ValueError, match=match):
+        pl.random_search(
+            MODEL, factory, *data, space=space, num_trials=2, epochs=1, batch_size=BATCH, key=0
+        )
+
+
+@pytest.mark.parametrize(
+    ("val", "match"),
+    [
+        (lambda x, y: (x[:0], y[:0]), "empty"),
+        (lambda x, y: (x[:, :10], y), r"\(10,\)"),
+        (lambda x, y: (x, jax.nn.one_hot(y, 3)), r"\(3,\)"),
+        (lambda x, y: (x, y[:-1]), "labels"),
+    ],
+)
+def test_bad_validation_data_is_named(data, val, match):
+    train, (vx, vy) = data
+    with pytest.raises(ValueError, match=match):
+        pl.random_search(
+            MODEL, pl.sgd, train, val(vx, vy), space=SPACE, num_trials=2, epochs=1,
+            batch_size=BATCH, key=0,
+        )  # fmt: skip
+
+
+def test_early_stopping_must_watch_accuracy_upwards(data):
+    with pytest.raises(ValueError, match="'min'"):
+        search(data, early_stopping=pl.EarlyStopping(mode="min"))
+
+
+def test_static_settings_and_fixed_only_spaces(data):
+    # a bool must reach the factory as a Python bool (optax branches on it)
+    space = {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True}
+    out = pl.random_search(
+        MODEL, optax.sgd, *data, space=space, num_trials=2, epochs=2, batch_size=BATCH, key=0
+    )
+    assert all(r["nesterov"] is True and r["momentum"] == 0.9 for r in out)
+    # fixed-only: the trials differ by their keys alone
+    assert out[0]["loss_curve"] != out[1]["loss_curve"]
+    print(pl.top_k_table(out))  # a bool column formats
+    bayes = pl.bayes_search(
+        MODEL, optax.sgd, *data, space=space, num_trials=2, epochs=2, batch_size=BATCH, key=0
+    )
+    assert sorted(r["loss_curve"] for r in bayes) == sorted(r["loss_curve"] for r in out)
+
+
+def test_bayes_search_chunks_stops_and_restores_optunas_verbosity(data):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    try:
+        out = pl.bayes_search(
+            MODEL, pl.sgd, *data, space=SPACE, num_trials=5, trials_per_batch=3, max_parallel=2,
+            epochs=EPOCHS, batch_size=BATCH, key=0,
+            early_stopping=pl.EarlyStopping(patience=1, min_delta=1.0),
+        )  # fmt: skip
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert len(out) == 5 and all(r["epochs_run"] == 2 for r in out)
+    assert sorted(r["trial"] for r in out) == list(range(5))
