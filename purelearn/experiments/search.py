@@ -30,9 +30,6 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
     train, val = (x[:400], y[:400]), (x[400:], y[400:])
     num_trials = 8 if quick else 100
     epochs = 10 if quick else 50
-    # On a CPU one trial already keeps the cores busy and a 100-wide vmap falls out of
-    # cache: benchmarks/bench_search.py measured chunks of 4-8 trials fastest there.
-    max_parallel = 8 if jax.default_backend() == "cpu" else None
     results = random_search(
         mlp(SIZES),
         optimizers.sgd,
@@ -43,7 +40,6 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
         epochs=epochs,
         batch_size=100,
         key=jax.random.key(seed),
-        max_parallel=max_parallel,
     )
     trials = [
         {
