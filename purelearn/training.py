@@ -369,8 +369,10 @@ def train_run(
       (2, 10)
     """
     _check_weight_decay(weight_decay)
+    x, y = _check_run(train_data, epochs=epochs, batch_size=batch_size)
+    if eval_data is not None:
+        eval_data = _check_pair("eval_data", eval_data)
     run_epoch = _epoch_fn(_step_fn(model, optimizer, weight_decay), batch_size)
-    x, y = train_data
 
     def measure(state, loss):
         curves = {"loss": loss, "train_accuracy": _accuracy(model, state, x, y)}

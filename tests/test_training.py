@@ -492,6 +492,21 @@ def test_train_run_early_stopping_equals_fit():
         assert curves[name][2:].tolist() == [curves[name][1]] * 3  # frozen after the stop
 
 
+def test_train_run_takes_numpy_data_under_jit_and_checks_sizes():
+    # load_mnist returns NumPy arrays; batches are gathered with traced indices
+    x, y = (np.asarray(a) for a in toy_data(n=48))
+    opt = optax.inject_hyperparams(pl.sgd)(learning_rate=0.1)
+    kw = {"epochs": 2, "batch_size": 16, "key": jax.random.key(0)}
+    _, curves = jax.jit(lambda: pl.train_run(pl.mlp([5, 3]), opt, (x, y), eval_data=(x, y), **kw))()
+    _, ref = pl.train_run(pl.mlp([5, 3]), opt, (jnp.asarray(x), jnp.asarray(y)), **kw)
+    np.testing.assert_allclose(curves["loss"], ref["loss"], rtol=1e-6)
+    for bad, match in (({"epochs": 0}, "epochs"), ({"batch_size": 100}, "100")):
+        with pytest.raises(ValueError, match=match):
+            pl.train_run(pl.mlp([5, 3]), opt, (x, y), **{**kw, **bad})
+    with pytest.raises(ValueError, match="eval_data"):
+        pl.train_run(pl.mlp([5, 3]), opt, (x, y), eval_data=(x, y[:-1]), **kw)
+
+
 def test_vmapped_runs_stop_on_their_own():
     # lr 0 never improves (stops after 1 + patience epochs); its lane must not
     # hold back or disturb the lane that keeps training
