@@ -385,7 +385,7 @@ def train_run(
         return state, measure(state, metrics["loss"].mean())
 
     def stoppable_epoch(carry, _):
-        state, stopper, last_loss = carry
+        state, stopper = carry
         stopped = stopper.should_stop  # sticky: once set, every later epoch is masked
         trained, metrics = run_epoch(state, x, y)
         # the key never changes, and key arrays do not go through jnp.where
@@ -394,18 +394,22 @@ def train_run(
             trained._replace(key=None),
             state._replace(key=None),
         )._replace(key=trained.key)
-        curves = measure(state, jnp.where(stopped, last_loss, metrics["loss"].mean()))
+        curves = measure(state, metrics["loss"].mean())
         stopper = early_stopping.update(
             stopper, curves.get("eval_accuracy", curves["train_accuracy"])
         )
-        return (state, stopper, curves["loss"]), {**curves, "trained": ~stopped}
+        return (state, stopper), {**curves, "trained": ~stopped}
 
     start = TrainState.create(model, optimizer, key)
     if early_stopping is None:
         return jax.lax.scan(epoch, start, length=epochs)
-    loss_type = jax.eval_shape(lambda s: run_epoch(s, x, y)[1]["loss"], start).dtype
-    carry = (start, early_stopping.init(), jnp.array(jnp.nan, loss_type))
-    (state, _, _), curves = jax.lax.scan(stoppable_epoch, carry, length=epochs)
+    (state, _), curves = jax.lax.scan(
+        stoppable_epoch, (start, early_stopping.init()), length=epochs
+    )
+    # Stopping is sticky, so the trained epochs are a prefix (never empty: the first
+    # epoch always trains); a masked epoch's loss is that of a discarded update.
+    last = curves["trained"].sum() - 1
+    curves["loss"] = jnp.where(curves["trained"], curves["loss"], curves["loss"][last])
     return state, curves
 
 
