@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from purelearn.tuning import _hyperparameter_names
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -466,15 +468,14 @@ def _dropout_figure(data: Mapping) -> Figure:
 
 
 _SHORT_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
-_SCORES = ("trial", "val_acc", "train_acc", "epochs_run")
 
 
 def _hyperparameters(result: Mapping) -> list[tuple[str, float]]:
-    """A result's hyperparameters: its numbers other than the scores."""
+    """A result's numeric hyperparameters, under short names."""
     return [
-        (_SHORT_NAMES.get(k, k), float(v))
-        for k, v in result.items()
-        if k not in _SCORES and isinstance(v, int | float) and not isinstance(v, bool)
+        (_SHORT_NAMES.get(k, k), float(result[k]))
+        for k in _hyperparameter_names(result)
+        if isinstance(result[k], int | float) and not isinstance(result[k], bool)
     ]
 
 

@@ -694,6 +694,11 @@ def _ask_train_tell(
 # -- reporting ---------------------------------------------------------------------
 
 
+def _hyperparameter_names(result: Mapping[str, Any]) -> list[str]:
+    """A result's hyperparameters: every key but the trial index, scores and curves."""
+    return [name for name in result if name not in _RESULT_KEYS]
+
+
 def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
     """The first ``k`` results as a plain-text table (rank, hyperparameters, accuracies).
 
@@ -707,7 +712,7 @@ def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
     rows = list(results)[:k]
     if not rows:
         return "(no results)"
-    names = [n for n in rows[0] if n not in _RESULT_KEYS]
+    names = _hyperparameter_names(rows[0])
     header = ["rank", *names, "val_acc", "train_acc"]
     body = [
         [
