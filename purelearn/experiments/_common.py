@@ -9,7 +9,8 @@ import optax
 
 from purelearn.datasets import load_mnist
 from purelearn.models import Model
-from purelearn.training import TrainState, evaluate, make_train_step
+from purelearn.optimizers import sgd
+from purelearn.training import TrainState, evaluate, make_train_step, train_run
 
 
 def mnist(data: str):
@@ -79,6 +80,22 @@ def compare_loss_curves(runs, data, *, iterations: int, key: jax.Array, desc: st
         losses[name] = [round(float(v), 5) for v in loss]
         accuracies[name] = accuracy(model, state, xt, yt)
     return {"loss": losses, "test_accuracy": accuracies, "iterations": iterations}
+
+
+def overfit_run(model: Model, train, test, *, epochs: int, seed: int, weight_decay=0.0):
+    """The overfitting experiments' run: SGD lr 0.01, batches of 100, the test set
+    evaluated after every epoch; :func:`~purelearn.training.train_run`'s curves."""
+    _, curves = train_run(
+        model,
+        sgd(0.01),
+        train,
+        epochs=epochs,
+        batch_size=100,
+        key=jax.random.key(seed),
+        eval_data=test,
+        weight_decay=weight_decay,
+    )
+    return curves
 
 
 def train_test_curves(curves: dict[str, jax.Array]) -> dict[str, list[float]]:

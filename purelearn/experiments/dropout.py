@@ -12,11 +12,9 @@ import time
 import jax
 from tqdm.auto import tqdm
 
-from purelearn import optimizers
-from purelearn.experiments._common import mnist, subset, train_test_curves
+from purelearn.experiments._common import mnist, overfit_run, subset, train_test_curves
 from purelearn.experiments.weight_decay import SIZES
 from purelearn.models import mlp
-from purelearn.training import train_run
 
 RATES = (0.0, 0.15, 0.2)
 
@@ -29,16 +27,9 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
     runs = {}
     # The rate decides the model's structure, so each rate is its own program.
     for rate in tqdm(RATES, desc="dropout", leave=False):
+        model = mlp(SIZES, dropout_rate=rate)
         run_fn = jax.jit(
-            lambda rate=rate: train_run(
-                mlp(SIZES, dropout_rate=rate),
-                optimizers.sgd(0.01),
-                (x, y),
-                epochs=epochs,
-                batch_size=100,
-                key=jax.random.key(seed),
-                eval_data=(xt, yt),
-            )[1]
+            lambda model=model: overfit_run(model, (x, y), (xt, yt), epochs=epochs, seed=seed)
         )
         runs[f"{rate:g}"] = train_test_curves(run_fn())
     return {

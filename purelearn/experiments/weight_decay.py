@@ -13,10 +13,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from purelearn import optimizers
-from purelearn.experiments._common import mnist, subset, train_test_curves
+from purelearn.experiments._common import mnist, overfit_run, subset, train_test_curves
 from purelearn.models import mlp
-from purelearn.training import train_run
 
 SIZES = [784, 100, 100, 100, 100, 100, 100, 10]
 LAMBDAS = (0.0, 0.1)
@@ -30,17 +28,7 @@ def run(*, seed: int = 0, data: str = "auto", quick: bool = False) -> dict:
     model = mlp(SIZES)
 
     def one(wd):
-        _, curves = train_run(
-            model,
-            optimizers.sgd(0.01),
-            (x, y),
-            epochs=epochs,
-            batch_size=100,
-            key=jax.random.key(seed),
-            eval_data=(xt, yt),
-            weight_decay=wd,
-        )
-        return curves
+        return overfit_run(model, (x, y), (xt, yt), epochs=epochs, seed=seed, weight_decay=wd)
 
     curves = jax.jit(jax.vmap(one))(jnp.asarray(LAMBDAS))
     runs = {
