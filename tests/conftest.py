@@ -1,0 +1,52 @@
+"""Shared test helpers, and JAX's persistent compilation cache for the whole suite.
+
+Most of the suite's wall time is XLA compiling small programs; the cache
+(``$PURELEARN_COMPILE_CACHE`` or ``~/.cache/purelearn/jax``, never the repo)
+keeps them across runs, so a second run of the suite compiles little.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from purelearn._cache import enable_compilation_cache
+
+enable_compilation_cache()
+
+
+def host_leaves(tree: Any) -> list[np.ndarray]:
+    """A pytree's leaves as NumPy arrays, typed PRNG keys as their raw data."""
+    return [
+        np.asarray(
+            jax.random.key_data(x)
+            if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+            else x
+        )
+        for x in jax.tree.leaves(tree)
+    ]
+
+
+def trees_equal(a: Any, b: Any) -> bool:
+    """Same structure and bit-identical leaves."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(np.array_equal(u, v) for u, v in zip(host_leaves(a), host_leaves(b), strict=True))
+
+
+def assert_trees_close(a: Any, b: Any, *, rtol: float = 1e-6, atol: float = 0.0) -> None:
+    """Same structure, leaves equal within ``rtol``/``atol`` (NaNs equal to NaNs)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(host_leaves(a), host_leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
+
+
+def toy_data(n: int = 96, d: int = 5, classes: int = 3, seed: int = 0):
+    """A separable ``(x, y)``: the label is the argmax of the first ``classes`` features."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = np.argmax(x[:, :classes], axis=1).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
