@@ -7,12 +7,15 @@ and regularizers are pure functions. Everything is re-exported flat here::
     opt = pl.adam(1e-3)
 """
 
+from purelearn._cache import enable_compilation_cache
+from purelearn.checkpoints import load_checkpoint, save_checkpoint
 from purelearn.datasets import download_mnist, load_mnist
 from purelearn.initializers import (
     compute_fans,
     he_normal,
     he_uniform,
     normal,
+    variance_scaling,
     xavier_normal,
     xavier_uniform,
 )
@@ -45,13 +48,12 @@ from purelearn.training import (
     TrainState,
     evaluate,
     fit,
-    load_checkpoint,
     make_train_step,
-    save_checkpoint,
     train_run,
 )
 from purelearn.tuning import (
     Distribution,
+    SearchResults,
     bayes_search,
     grid_search,
     log_uniform,
@@ -83,6 +85,7 @@ __all__ = [
     "he_normal",
     "he_uniform",
     "compute_fans",
+    "variance_scaling",
     # normalization
     "BatchNormStats",
     "batch_norm",
@@ -113,8 +116,11 @@ __all__ = [
     "log_uniform",
     "uniform",
     "Distribution",
+    "SearchResults",
     "random_search",
     "grid_search",
     "bayes_search",
     "top_k_table",
+    # compilation
+    "enable_compilation_cache",
 ]

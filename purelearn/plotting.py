@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from purelearn.tuning import _hyperparameter_names
+from purelearn.tuning import hyperparameter_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -474,7 +474,7 @@ def _hyperparameters(result: Mapping) -> list[tuple[str, float]]:
     """A result's numeric hyperparameters, under short names."""
     return [
         (_SHORT_NAMES.get(k, k), float(result[k]))
-        for k in _hyperparameter_names(result)
+        for k in hyperparameter_names(result)
         if isinstance(result[k], int | float) and not isinstance(result[k], bool)
     ]
 

@@ -1,4 +1,4 @@
-"""Training: one jitted ``train_step``, ``fit``, early stopping, checkpoints.
+"""Training: one engine behind ``make_train_step``, ``fit``, ``train_run`` and the searches.
 
 The loss is the textbook's: softmax cross-entropy plus the L2 penalty
 ``0.5 * wd * sum(W**2)`` over the weight matrices. Randomness is explicit:
@@ -6,16 +6,27 @@ The loss is the textbook's: softmax cross-entropy plus the L2 penalty
 ``fold_in(dropout_root, t)`` where ``dropout_root, shuffle_root =
 split(state.key)``, so no key is ever used twice and a resumed run repeats
 an uninterrupted one bit for bit.
+
+One engine: an *epoch* is a ``lax.scan`` of the step over the epoch's
+batches followed by an on-device evaluation (the metrics of
+:data:`~purelearn.early_stopping.METRICS`), and early stopping is a mask on
+it. :func:`train_run` scans epochs inside one program; :func:`fit` calls the
+very same compiled epoch from a host loop (progress bar, early-stopping
+break, callbacks); the searches ``vmap`` :func:`train_run`'s body. Compiled
+programs are cached on the model, the optimizer and the static settings
+(batch size, sampling, early stopping), so calling any of them again with
+the same ones compiles nothing.
+
+Batches come one of two ways (``sampling``): ``"epoch"`` (default) shuffles
+the training set every epoch and takes ``len(x) // batch_size`` disjoint
+batches (the remainder dropped); ``"random"`` draws every batch with
+replacement, as the textbook's iteration-based experiments do
+(``np.random.choice(train_size, batch_size)``), ``steps_per_epoch`` of them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import math
-import numbers
-import os
-import tempfile
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,8 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
 
+from purelearn import _checks
+from purelearn._cache import memoize
+from purelearn.checkpoints import load_checkpoint, save_checkpoint
+from purelearn.early_stopping import METRICS, EarlyStopping, EarlyStoppingState
 from purelearn.models import Model
 from purelearn.regularization import l2_penalty
 
@@ -34,13 +48,17 @@ __all__ = [
     "fit",
     "train_run",
     "evaluate",
+    "check_data",
     "EarlyStopping",
     "EarlyStoppingState",
+    "METRICS",
     "save_checkpoint",
     "load_checkpoint",
 ]
 
 Batch = tuple[jax.Array, jax.Array]
+Metrics = dict[str, jax.Array]
+Step = Callable[[Any, jax.Array, jax.Array], tuple[Any, Metrics]]
 
 
 class TrainState(NamedTuple):
@@ -62,9 +80,9 @@ class TrainState(NamedTuple):
 
     @classmethod
     def create(
-        cls, model: Model, optimizer: optax.GradientTransformation, key: jax.Array
+        cls, model: Model, optimizer: optax.GradientTransformation, key: jax.Array | int
     ) -> TrainState:
-        """Initialize the model and the optimizer from one key.
+        """Initialize the model and the optimizer from one key (or an int seed).
 
         Example:
           >>> import jax, purelearn as pl
@@ -72,7 +90,7 @@ class TrainState(NamedTuple):
           >>> int(state.step), state.params[0]["w"].shape
           (0, (4, 3))
         """
-        init_key, run_key = jax.random.split(key)
+        init_key, run_key = jax.random.split(_checks.key_or_seed("key", key))
         params, model_state = model.init(init_key)
         return cls(
             step=jnp.zeros([], jnp.int32),
@@ -81,6 +99,112 @@ class TrainState(NamedTuple):
             opt_state=optimizer.init(params),
             key=run_key,
         )
+
+
+# -- validation -------------------------------------------------------------------
+
+
+def _check_model(model: Any) -> Model:
+    if not (isinstance(model, tuple) and callable(getattr(model, "init", None))) or not callable(
+        getattr(model, "apply", None)
+    ):
+        raise ValueError(
+            "model must be a purelearn Model (pl.mlp(...) or pl.from_flax(...)), "
+            f"got {type(model).__name__}"
+        )
+    return model
+
+
+def _check_optimizer(optimizer: Any) -> optax.GradientTransformation:
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise ValueError(
+            "optimizer must be an optax GradientTransformation (e.g. pl.adam(1e-3)), "
+            f"got {optimizer!r}"
+        )
+    return optimizer
+
+
+def _check_weight_decay(weight_decay: Any) -> Any:
+    return _checks.hyperparameter("weight_decay", weight_decay, low=0.0)
+
+
+@memoize
+def _output_shape(model: Model, example_shape: tuple[int, ...], dtype: Any) -> tuple[int, ...]:
+    """The model's output shape for one example, traced abstractly (no compute), once."""
+    params, model_state = jax.eval_shape(model.init, jax.random.key(0))
+    x = jax.ShapeDtypeStruct((1, *example_shape), dtype)
+    out, _ = jax.eval_shape(functools.partial(model.apply, train=False), params, model_state, x)
+    return out.shape
+
+
+def _check_labels(name: str, model: Model, x: jax.Array, y: jax.Array) -> None:
+    """Labels the loss can use: integers in ``[0, classes)`` or one-hot rows of ``classes``.
+
+    Out-of-range labels make the cross-entropy NaN without an error, so they
+    are refused here, on the host, before anything trains.
+    """
+    try:
+        logits = _output_shape(model, tuple(x.shape[1:]), x.dtype)
+    except Exception as err:  # the model cannot take x: say so instead of a deep trace
+        raise ValueError(
+            f"{name}: the model cannot be applied to inputs of shape {tuple(x.shape[1:])} "
+            f"per example: {err}"
+        ) from err
+    classes = logits[-1]
+    if y.ndim == len(logits):
+        if y.shape[1:] != logits[1:]:
+            raise ValueError(
+                f"{name}: one-hot labels of shape {tuple(y.shape[1:])} per example do not "
+                f"match the model's {classes} outputs"
+            )
+        return
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"{name}: labels must be integers (or one-hot rows), got {y.dtype}")
+    if y.size and not isinstance(y, jax.core.Tracer):
+        labels = np.asarray(y)  # on the host: jnp would trace under a caller's jit
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{name}: label {bad} is outside [0, {classes}) for a model with {classes} outputs"
+            )
+
+
+def check_data(
+    model: Model,
+    train_data: Any,
+    eval_data: Any = None,
+    *,
+    batch_size: int,
+    sampling: str = "epoch",
+    eval_name: str = "eval_data",
+) -> tuple[Batch, Batch | None]:
+    """Both data sets as arrays, checked against each other and against the model.
+
+    Raises ``ValueError`` for pairs of unequal lengths, empty sets, a batch
+    larger than the training set, inputs the model cannot take, and labels
+    that are not integers in ``[0, classes)`` (or one-hot rows of
+    ``classes``): out-of-range labels would train to a NaN loss silently.
+    """
+    x, y = _checks.pair("train_data", train_data)
+    if sampling == "epoch" and batch_size > len(x):
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
+    _check_labels("train_data", model, x, y)
+    if eval_data is None:
+        return (x, y), None
+    ex, ey = _checks.pair(eval_name, eval_data)
+    if ex.shape[1:] != x.shape[1:] or ey.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"{eval_name}'s shapes {tuple(ex.shape[1:])} / {tuple(ey.shape[1:])} per example "
+            f"differ from train_data's {tuple(x.shape[1:])} / {tuple(y.shape[1:])}"
+        )
+    _check_labels(eval_name, model, ex, ey)
+    return (x, y), (ex, ey)
+
+
+# -- the step ---------------------------------------------------------------------
 
 
 def _streams(state: TrainState) -> tuple[jax.Array, jax.Array]:
@@ -93,60 +217,50 @@ def _loss_and_accuracy(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.
     """Mean softmax cross-entropy and accuracy, for integer or one-hot labels."""
     if y.ndim == logits.ndim:
         loss = optax.softmax_cross_entropy(logits, y)
-        labels = jnp.argmax(y, axis=-1)
     else:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        labels = y
-    return loss.mean(), jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return loss.mean(), _correct(logits, y).mean()
 
 
-def _check_weight_decay(weight_decay: float) -> None:
-    if isinstance(weight_decay, numbers.Real) and not (
-        weight_decay >= 0 and math.isfinite(weight_decay)
-    ):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+def _correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per example: predicted the label. Non-finite logits never count as correct
+    (``argmax`` of NaNs is 0, which would score a diverged model as the class-0 share)."""
+    labels = jnp.argmax(y, axis=-1) if y.ndim == logits.ndim else y
+    finite = jnp.isfinite(logits).all(axis=-1)
+    return (jnp.argmax(logits, axis=-1) == labels) & finite
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.isfinite(a).all() for a in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
-def _check_pair(name: str, data: Batch) -> tuple[jax.Array, jax.Array]:
-    """``(x, y)`` as arrays with as many labels as inputs."""
-    x, y = (jnp.asarray(a) for a in data)
-    if len(x) != len(y):
-        raise ValueError(f"{name} has {len(x)} inputs but {len(y)} labels")
-    return x, y
+def _step_fn(model: Model, optimizer: optax.GradientTransformation, decay: bool) -> Callable:
+    """The un-jitted step ``step(state, x, y, weight_decay) -> (state, metrics)``.
 
+    ``decay`` is static: False skips the penalty (weight decay known to be 0).
+    """
 
-def _check_run(train_data: Batch, *, epochs: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """Validate a run's sizes before anything is traced; the training arrays."""
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    x, y = _check_pair("train_data", train_data)
-    if batch_size > len(x):
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")
-    return x, y
-
-
-def _step_fn(
-    model: Model, optimizer: optax.GradientTransformation, weight_decay: float
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step, shared by ``make_train_step`` and ``fit``'s scan."""
-
-    def loss_fn(params, model_state, x, y, key):
+    def loss_fn(params, model_state, x, y, key, weight_decay):
         logits, new_model_state = model.apply(params, model_state, x, train=True, key=key)
         data_loss, accuracy = _loss_and_accuracy(logits, y)
-        loss = data_loss + l2_penalty(params, weight_decay)
+        loss = data_loss + l2_penalty(params, weight_decay) if decay else data_loss
         return loss, (new_model_state, accuracy)
 
-    def step(state: TrainState, x: jax.Array, y: jax.Array):
+    def step(state: TrainState, x: jax.Array, y: jax.Array, weight_decay: Any):
         dropout_root, _ = _streams(state)
         key = jax.random.fold_in(dropout_root, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (model_state, accuracy)), grads = grad_fn(state.params, state.model_state, x, y, key)
+        (loss, (model_state, accuracy)), grads = grad_fn(
+            state.params, state.model_state, x, y, key, weight_decay
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        # A batch whose loss or statistics are not finite (which optax.apply_if_finite
+        # skips for the parameters) must not poison the running statistics for good.
+        keep = jnp.isfinite(loss) & _all_finite(model_state)
+        model_state = jax.tree.map(
+            lambda new, old: jnp.where(keep, new, old), model_state, state.model_state
+        )
         new_state = TrainState(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
@@ -159,17 +273,32 @@ def _step_fn(
     return step
 
 
+def _decays(weight_decay: Any) -> bool:
+    """Whether the penalty can be non-zero (a traced value might be)."""
+    return not (_checks.is_real(weight_decay) and float(weight_decay) == 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
+def _jitted_step(model, optimizer, decay, state, x, y, weight_decay):
+    return _step_fn(model, optimizer, decay)(state, x, y, weight_decay)
+
+
 def make_train_step(
     model: Model, optimizer: optax.GradientTransformation, *, weight_decay: float = 0.0
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+) -> Step:
     """One jitted training step: ``step(state, x, y) -> (state, metrics)``.
 
     ``loss = mean softmax cross-entropy + 0.5 * weight_decay * sum(W**2)``
     (weight matrices only); ``grads = d loss / d params``; the optimizer's
-    updates are applied and the model state (batch-norm statistics) replaced.
-    The input state's buffers are donated: do not reuse it after the call.
-    The same function runs on one device or with ``x, y`` sharded over a
-    ``jax.sharding.Mesh`` (data parallel; batch-norm statistics are global).
+    updates are applied and the model state (batch-norm statistics) replaced,
+    unless the batch's loss or statistics are not finite, which leaves the
+    statistics as they were. The input state's buffers are donated: do not
+    reuse it after the call (copy it first with ``jax.tree.map(jnp.copy, s)``
+    to keep it). The same function runs on one device or with ``x, y``
+    sharded over a ``jax.sharding.Mesh`` (data parallel; batch-norm
+    statistics are global). The compiled program is cached on the model,
+    optimizer and shapes: a second ``make_train_step`` with the same ones
+    compiles nothing.
 
     Args:
       model: a :class:`~purelearn.models.Model`.
@@ -188,139 +317,245 @@ def make_train_step(
       >>> int(state.step), sorted(metrics)
       (1, ['accuracy', 'loss'])
     """
-    _check_weight_decay(weight_decay)
-    return jax.jit(_step_fn(model, optimizer, weight_decay), donate_argnums=0)
+    model = _check_model(model)
+    optimizer = _check_optimizer(optimizer)
+    weight_decay = _check_weight_decay(weight_decay)
+    decay = _decays(weight_decay)
 
-
-def evaluate(
-    model: Model, state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int = 10_000
-) -> float:
-    """Accuracy of the model in inference mode (running batch-norm statistics, no dropout).
-
-    Example:
-      >>> import jax, jax.numpy as jnp, purelearn as pl
-      >>> model = pl.mlp([4, 3])
-      >>> state = pl.TrainState.create(model, pl.sgd(), jax.random.key(0))
-      >>> 0.0 <= pl.evaluate(model, state, jnp.ones((5, 4)), jnp.zeros(5, jnp.int32)) <= 1.0
-      True
-    """
-    correct = 0.0
-    for start in range(0, len(x), batch_size):
-        correct += float(
-            _correct(
-                model,
-                state.params,
-                state.model_state,
-                x[start : start + batch_size],
-                y[start : start + batch_size],
+    def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Metrics]:
+        if getattr(x, "shape", (None,))[:1] != getattr(y, "shape", (None,))[:1]:
+            raise ValueError(
+                f"x and y must hold the same number of examples, got x of shape "
+                f"{getattr(x, 'shape', x)} and y of shape {getattr(y, 'shape', y)}"
             )
+        try:
+            return _jitted_step(model, optimizer, decay, state, x, y, weight_decay)
+        except (TypeError, ValueError) as err:
+            _explain_state(state, model, optimizer, err)
+            raise
+
+    return step
+
+
+def _explain_state(state: Any, model: Model, optimizer: Any, err: Exception) -> None:
+    """After a failed trace: a clear error if the state does not belong to this
+    model and optimizer (the usual cause), else nothing (the original error stands)."""
+    if not isinstance(state, TrainState):
+        raise ValueError(
+            f"state must be a TrainState (pl.TrainState.create(model, optimizer, key)), "
+            f"got {type(state).__name__}"
+        ) from err
+    try:
+        expected = jax.eval_shape(optimizer.init, state.params)
+    except Exception:
+        return
+    if jax.tree.structure(expected) != jax.tree.structure(state.opt_state):
+        raise ValueError(
+            "state.opt_state was made by a different optimizer than the one given "
+            f"(expected the structure {jax.tree.structure(expected)}, got "
+            f"{jax.tree.structure(state.opt_state)}); create the state with this optimizer"
+        ) from err
+
+
+# -- the epoch --------------------------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    """A run's static settings: every one of them is part of the compiled program."""
+
+    batch_size: int
+    steps: int  # per epoch
+    sampling: str  # "epoch" or "random"
+    decay: bool  # whether the L2 penalty can be non-zero
+    has_eval: bool
+    early_stopping: EarlyStopping | None
+    monitor: str | None  # the metric early stopping watches
+
+
+def _plan(
+    n: int,
+    *,
+    batch_size: int,
+    steps_per_epoch: int | None,
+    sampling: str,
+    weight_decay: Any,
+    has_eval: bool,
+    early_stopping: EarlyStopping | None,
+) -> _Plan:
+    if steps_per_epoch is None:
+        steps = n // batch_size
+    elif sampling == "epoch":
+        raise ValueError(
+            "steps_per_epoch goes with sampling='random'; an epoch of sampling='epoch' "
+            f"is len(x) // batch_size = {n // batch_size} steps"
         )
-    return correct / len(x)
+    else:
+        steps = _checks.positive_int("steps_per_epoch", steps_per_epoch)
+    if steps < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
+    return _Plan(
+        batch_size=batch_size,
+        steps=steps,
+        sampling=sampling,
+        decay=_decays(weight_decay),
+        has_eval=has_eval,
+        early_stopping=early_stopping,
+        monitor=early_stopping.watched(has_eval) if early_stopping is not None else None,
+    )
 
 
-def _count_correct(model: Model, params, model_state, x, y) -> jax.Array:
-    logits, _ = model.apply(params, model_state, x, train=False)
-    labels = jnp.argmax(y, axis=-1) if y.ndim == logits.ndim else y
-    return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
-
-
-_correct = jax.jit(_count_correct, static_argnums=0)
-
-
-# -- early stopping ------------------------------------------------------------
-
-
-class EarlyStoppingState(NamedTuple):
-    """Best metric so far (sign-adjusted so larger is better), epochs since it
-    improved, and whether to stop (sticky)."""
-
-    best: jax.Array
-    wait: jax.Array
-    should_stop: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class EarlyStopping:
-    """Stop when the monitored metric has not improved for ``patience`` checks.
-
-    A pure state machine (``init``/``update`` on arrays), so it also runs
-    inside ``lax.while_loop`` or ``vmap``. An improvement is a change better
-    than ``min_delta`` in the direction of ``mode`` ("max" for accuracies,
-    "min" for losses).
-
-    Example:
-      >>> import purelearn as pl
-      >>> es = pl.EarlyStopping(patience=2)
-      >>> s = es.init()
-      >>> for acc in [0.5, 0.6, 0.6, 0.59]:
-      ...     s = es.update(s, acc)
-      >>> bool(s.should_stop), float(s.best)
-      (True, 0.6000000238418579)
-    """
-
-    patience: int = 5
-    min_delta: float = 0.0
-    mode: str = "max"
-
-    def __post_init__(self):
-        if (
-            not isinstance(self.patience, numbers.Integral)
-            or isinstance(self.patience, bool)
-            or self.patience < 1
-        ):
-            raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
-        if not isinstance(self.min_delta, numbers.Real) or not (
-            self.min_delta >= 0 and math.isfinite(self.min_delta)
-        ):
-            raise ValueError(f"min_delta must be a finite number >= 0, got {self.min_delta!r}")
-        if self.mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
-
-    def init(self) -> EarlyStoppingState:
-        return EarlyStoppingState(
-            best=jnp.array(-jnp.inf, jnp.float32),
-            wait=jnp.zeros([], jnp.int32),
-            should_stop=jnp.zeros([], bool),
-        )
-
-    def update(self, state: EarlyStoppingState, metric: jax.Array | float) -> EarlyStoppingState:
-        value = jnp.asarray(metric, jnp.float32)
-        value = value if self.mode == "max" else -value
-        improved = value - state.best > self.min_delta
-        wait = jnp.where(improved, 0, state.wait + 1)
-        return EarlyStoppingState(
-            best=jnp.where(improved, value, state.best),
-            wait=wait,
-            should_stop=state.should_stop | (wait >= self.patience),
-        )
-
-    def best_metric(self, state: EarlyStoppingState) -> jax.Array:
-        """The best metric seen, in its own sign."""
-        return state.best if self.mode == "max" else -state.best
-
-
-# -- fit ----------------------------------------------------------------------
-
-
-def _epoch_fn(step, batch_size: int):
-    """One shuffled epoch: a scan of ``step`` over ``len(x) // batch_size`` batches."""
-
-    def run_epoch(state: TrainState, x: jax.Array, y: jax.Array):
-        steps = x.shape[0] // batch_size
-        _, shuffle_root = _streams(state)
-        order = jax.random.permutation(jax.random.fold_in(shuffle_root, state.step), x.shape[0])
-        batches = order[: steps * batch_size].reshape(steps, batch_size)
-
-        def body(state, idx):
-            return step(state, x[idx], y[idx])
-
-        return jax.lax.scan(body, state, batches)
-
-    return run_epoch
+def _batches(state: TrainState, n: int, plan: _Plan) -> jax.Array:
+    """The epoch's batch indices, ``(steps, batch_size)``, from the shuffle stream."""
+    _, shuffle_root = _streams(state)
+    key = jax.random.fold_in(shuffle_root, state.step)
+    if plan.sampling == "random":
+        return jax.random.randint(key, (plan.steps, plan.batch_size), 0, n)
+    order = jax.random.permutation(key, n)
+    return order[: plan.steps * plan.batch_size].reshape(plan.steps, plan.batch_size)
 
 
 def _accuracy(model: Model, state: TrainState, x: jax.Array, y: jax.Array) -> jax.Array:
-    return _count_correct(model, state.params, state.model_state, x, y) / x.shape[0]
+    logits, _ = model.apply(state.params, state.model_state, x, train=False)
+    return _correct(logits, y).mean()
+
+
+class _Carry(NamedTuple):
+    """What one epoch hands the next: the state, early stopping's, and the best state."""
+
+    state: TrainState
+    stopper: EarlyStoppingState | None
+    best: TrainState | None
+
+
+def _select(take_old: jax.Array, old: TrainState, new: TrainState) -> TrainState:
+    # the key never changes within a run, and key arrays do not go through jnp.where
+    merged = jax.tree.map(
+        lambda n, o: jnp.where(take_old, o, n), new._replace(key=None), old._replace(key=None)
+    )
+    return merged._replace(key=new.key)
+
+
+def _epoch(
+    model: Model,
+    optimizer: optax.GradientTransformation,
+    plan: _Plan,
+    carry: _Carry,
+    data: Batch,
+    eval_data: Batch | None,
+    weight_decay: Any,
+) -> tuple[_Carry, Metrics]:
+    """One epoch: train, evaluate (inference mode, whole sets), update early stopping.
+
+    Once early stopping has fired the epoch still runs but its result is
+    discarded (a mask, so vmapped runs stop on their own); "trained" says so.
+    """
+    x, y = data
+    step = _step_fn(model, optimizer, plan.decay)
+    batches = _batches(carry.state, x.shape[0], plan)
+    trained, metrics = jax.lax.scan(
+        lambda s, idx: step(s, x[idx], y[idx], weight_decay), carry.state, batches
+    )
+    es = plan.early_stopping
+    stopped = carry.stopper.should_stop if es is not None else jnp.array(False)
+    state = _select(stopped, carry.state, trained) if es is not None else trained
+    curves = {"loss": metrics["loss"].mean(), "train_accuracy": _accuracy(model, state, x, y)}
+    if eval_data is not None:
+        curves["eval_accuracy"] = _accuracy(model, state, *eval_data)
+    curves["step_loss"] = metrics["loss"]
+    if es is None:
+        return _Carry(state, None, None), curves
+    stopper = es.update(carry.stopper, curves[plan.monitor])
+    best = carry.best
+    if es.restore_best:
+        improved = (stopper.wait == 0) & ~stopped
+        best = _select(~improved, carry.best, state)
+    curves["trained"] = ~stopped
+    return _Carry(state, stopper, best), curves
+
+
+def _start(plan: _Plan, state: TrainState) -> _Carry:
+    es = plan.early_stopping
+    if es is None:
+        return _Carry(state, None, None)
+    best = jax.tree.map(jnp.copy, state) if es.restore_best else None
+    return _Carry(state, es.init(), best)
+
+
+def _finish(plan: _Plan, carry: _Carry) -> TrainState:
+    es = plan.early_stopping
+    return carry.best if es is not None and es.restore_best else carry.state
+
+
+def _run(
+    model: Model,
+    optimizer: optax.GradientTransformation,
+    plan: _Plan,
+    epochs: int,
+    key: jax.Array,
+    data: Batch,
+    eval_data: Batch | None,
+    weight_decay: Any,
+) -> tuple[TrainState, Metrics]:
+    """A whole run, pure: create the state, scan ``epochs`` epochs (train_run's body)."""
+    carry = _start(plan, TrainState.create(model, optimizer, key))
+    carry, curves = jax.lax.scan(
+        lambda c, _: _epoch(model, optimizer, plan, c, data, eval_data, weight_decay),
+        carry,
+        length=epochs,
+    )
+    if plan.early_stopping is not None:
+        # Stopping is sticky, so the trained epochs are a prefix (never empty: the first
+        # epoch always trains); a masked epoch's losses are those of a discarded update.
+        last = curves["trained"].sum() - 1
+        trained = curves["trained"]
+        curves["loss"] = jnp.where(trained, curves["loss"], curves["loss"][last])
+        curves["step_loss"] = jnp.where(
+            trained[:, None], curves["step_loss"], curves["step_loss"][last]
+        )
+    return _finish(plan, carry), curves
+
+
+_jitted_run = jax.jit(_run, static_argnums=(0, 1, 2, 3))
+_jitted_epoch = jax.jit(_epoch, static_argnums=(0, 1, 2), donate_argnums=3)
+
+
+def _validate_run(
+    model: Any,
+    optimizer: Any,
+    train_data: Any,
+    *,
+    epochs: Any,
+    batch_size: Any,
+    eval_data: Any,
+    weight_decay: Any,
+    early_stopping: Any,
+    steps_per_epoch: Any,
+    sampling: Any,
+) -> tuple[_Plan, Batch, Batch | None, Any]:
+    """Everything a run takes, checked before anything is traced."""
+    model = _check_model(model)
+    _check_optimizer(optimizer)
+    _checks.positive_int("epochs", epochs)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    _checks.choice("sampling", sampling, ("epoch", "random"))
+    weight_decay = _check_weight_decay(weight_decay)
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise ValueError(
+            f"early_stopping must be a pl.EarlyStopping(...) or None, got {early_stopping!r}"
+        )
+    data, eval_data = check_data(
+        model, train_data, eval_data, batch_size=batch_size, sampling=sampling
+    )
+    plan = _plan(
+        data[0].shape[0],
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        sampling=sampling,
+        weight_decay=weight_decay,
+        has_eval=eval_data is not None,
+        early_stopping=early_stopping,
+    )
+    return plan, data, eval_data, weight_decay
 
 
 def train_run(
@@ -330,30 +565,46 @@ def train_run(
     *,
     epochs: int,
     batch_size: int,
-    key: jax.Array,
+    key: jax.Array | int,
     eval_data: Batch | None = None,
     weight_decay: float | jax.Array = 0.0,
     early_stopping: EarlyStopping | None = None,
+    steps_per_epoch: int | None = None,
+    sampling: str = "epoch",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """A whole training run as one pure function: ``vmap`` it over keys or hyperparameters.
+    """A whole training run as one compiled function: ``vmap`` it over keys or hyperparameters.
 
-    The same epochs as :func:`fit` (same key streams, so the same numbers),
-    but as a ``lax.scan`` over epochs with no Python in the loop: wrap it in
-    ``jax.jit``, and in ``jax.vmap`` to train many runs as one program (the
-    weight decay, and hyperparameters injected with
-    ``optax.inject_hyperparams``, may be traced).
+    The same epochs as :func:`fit` (the same compiled epoch, the same key
+    streams, so the same numbers), as a ``lax.scan`` over epochs with no
+    Python in the loop. Inside ``jax.jit`` and ``jax.vmap`` it trains many
+    runs as one program (the key, the weight decay, and hyperparameters
+    injected with ``optax.inject_hyperparams`` may be traced). Called
+    directly, its program is cached: a second call with the same model,
+    optimizer, shapes and settings compiles nothing.
 
     Early stopping is a mask, not a break: the scan always runs ``epochs``
-    epochs, but once ``early_stopping`` fires (on eval accuracy, or train
-    accuracy without ``eval_data``, checked after each epoch as :func:`fit`
-    does) the state stops changing, so a vmapped run can stop on its own
-    while its neighbours go on. The returned state is then the one
-    :func:`fit` would return.
+    epochs, but once ``early_stopping`` fires (on its monitored metric,
+    checked after each epoch as :func:`fit` does) the state stops changing,
+    so a vmapped run stops on its own while its neighbours go on. The state
+    returned is the one :func:`fit` would return (the best epoch's with
+    ``restore_best``).
+
+    Args:
+      model, optimizer, weight_decay: as in :func:`make_train_step`.
+      train_data: ``(x, y)`` with integer or one-hot labels.
+      epochs: number of epochs.
+      batch_size: examples per step.
+      key: the run's key, or an int seed.
+      eval_data: optional ``(x, y)`` evaluated after every epoch.
+      early_stopping: an :class:`~purelearn.early_stopping.EarlyStopping`.
+      steps_per_epoch, sampling: how batches are drawn (see the module doc);
+        ``sampling="random"`` with ``steps_per_epoch`` is the textbook's
+        iteration-based loop.
 
     Returns:
       ``(state, curves)``; ``curves`` holds per-epoch arrays "loss",
-      "train_accuracy" and, with ``eval_data``, "eval_accuracy" (accuracies
-      in inference mode on the whole sets); with ``early_stopping`` also
+      "train_accuracy", "eval_accuracy" (with ``eval_data``), "step_loss"
+      (``(epochs, steps)``: every step's loss) and, with ``early_stopping``,
       "trained" (bool: whether that epoch trained). After a stop the curves
       repeat their last trained values.
 
@@ -364,53 +615,29 @@ def train_run(
       >>> def run(lr):
       ...     opt = optax.inject_hyperparams(pl.sgd)(learning_rate=lr)
       ...     return pl.train_run(pl.mlp([2, 8, 2]), opt, (x, y), epochs=10, batch_size=16,
-      ...                         key=jax.random.key(0))[1]["train_accuracy"]
+      ...                         key=0)[1]["train_accuracy"]
       >>> jax.jit(jax.vmap(run))(jnp.array([0.0, 0.5])).shape
       (2, 10)
     """
-    _check_weight_decay(weight_decay)
-    x, y = _check_run(train_data, epochs=epochs, batch_size=batch_size)
-    if eval_data is not None:
-        eval_data = _check_pair("eval_data", eval_data)
-    run_epoch = _epoch_fn(_step_fn(model, optimizer, weight_decay), batch_size)
-
-    def measure(state, loss):
-        curves = {"loss": loss, "train_accuracy": _accuracy(model, state, x, y)}
-        if eval_data is not None:
-            curves["eval_accuracy"] = _accuracy(model, state, *eval_data)
-        return curves
-
-    def epoch(state, _):
-        state, metrics = run_epoch(state, x, y)
-        return state, measure(state, metrics["loss"].mean())
-
-    def stoppable_epoch(carry, _):
-        state, stopper = carry
-        stopped = stopper.should_stop  # sticky: once set, every later epoch is masked
-        trained, metrics = run_epoch(state, x, y)
-        # the key never changes, and key arrays do not go through jnp.where
-        state = jax.tree.map(
-            lambda new, old: jnp.where(stopped, old, new),
-            trained._replace(key=None),
-            state._replace(key=None),
-        )._replace(key=trained.key)
-        curves = measure(state, metrics["loss"].mean())
-        stopper = early_stopping.update(
-            stopper, curves.get("eval_accuracy", curves["train_accuracy"])
-        )
-        return (state, stopper), {**curves, "trained": ~stopped}
-
-    start = TrainState.create(model, optimizer, key)
-    if early_stopping is None:
-        return jax.lax.scan(epoch, start, length=epochs)
-    (state, _), curves = jax.lax.scan(
-        stoppable_epoch, (start, early_stopping.init()), length=epochs
+    plan, data, eval_data, weight_decay = _validate_run(
+        model,
+        optimizer,
+        train_data,
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_data=eval_data,
+        weight_decay=weight_decay,
+        early_stopping=early_stopping,
+        steps_per_epoch=steps_per_epoch,
+        sampling=sampling,
     )
-    # Stopping is sticky, so the trained epochs are a prefix (never empty: the first
-    # epoch always trains); a masked epoch's loss is that of a discarded update.
-    last = curves["trained"].sum() - 1
-    curves["loss"] = jnp.where(curves["trained"], curves["loss"], curves["loss"][last])
-    return state, curves
+    key = _checks.key_or_seed("key", key)
+    return _jitted_run(model, optimizer, plan, epochs, key, data, eval_data, weight_decay)
+
+
+def _copy(state: TrainState) -> TrainState:
+    """A fresh copy, so that donating it leaves the caller's state usable."""
+    return jax.tree.map(lambda a: a.copy(), state)
 
 
 def fit(
@@ -420,154 +647,165 @@ def fit(
     *,
     epochs: int,
     batch_size: int,
-    key: jax.Array,
+    key: jax.Array | int | None = None,
     eval_data: Batch | None = None,
     weight_decay: float = 0.0,
     early_stopping: EarlyStopping | None = None,
     progress: bool = True,
     state: TrainState | None = None,
+    callback: Callable[[int, TrainState, dict[str, list[float]]], Any] | None = None,
+    steps_per_epoch: int | None = None,
+    sampling: str = "epoch",
 ) -> tuple[TrainState, dict[str, list[float]]]:
-    """Train for ``epochs`` shuffled epochs, as the textbook's ``Trainer`` does.
+    """Train for ``epochs`` epochs, as the textbook's ``Trainer`` does.
 
-    Each epoch is one compiled program (a ``lax.scan`` of the jitted step over
-    ``len(x) // batch_size`` batches; the remainder is dropped); after each
-    epoch the model is evaluated in inference mode on the training data and
-    on ``eval_data``.
+    A host loop around :func:`train_run`'s compiled epoch (a ``lax.scan`` of
+    the step over the epoch's batches, then the model evaluated in inference
+    mode on the training data and on ``eval_data``, on the device): the same
+    numbers as :func:`train_run`, plus a progress bar, an early-stopping
+    break and a per-epoch callback. A second identical call compiles nothing.
 
     Args:
       model, optimizer, weight_decay: as in :func:`make_train_step`.
       train_data: ``(x, y)`` with integer or one-hot labels.
       epochs: number of epochs (at most; early stopping may end sooner).
       batch_size: examples per step.
-      key: the run's key (ignored when ``state`` is given).
+      key: the run's key or an int seed; not needed when ``state`` is given.
       eval_data: optional ``(x, y)`` evaluated after every epoch.
-      early_stopping: stops when eval accuracy (train accuracy without
-        ``eval_data``) stops improving.
+      early_stopping: an :class:`~purelearn.early_stopping.EarlyStopping`
+        (its monitor defaults to eval accuracy, else train accuracy).
       progress: show a tqdm progress bar.
-      state: continue from this state (e.g. a loaded checkpoint).
+      state: continue from this state (e.g. a loaded checkpoint); it is
+        copied once, so the caller's ``state`` stays usable.
+      callback: ``callback(epoch, state, history)`` after each epoch; a
+        truthy return value stops training. ``state`` is valid during the
+        call (save it, read it); keep it with ``jax.tree.map(jnp.copy, state)``.
+      steps_per_epoch, sampling: as in :func:`train_run`.
 
     Returns:
       ``(state, history)``; ``history`` has per-epoch lists "loss" (mean
       training loss), "train_accuracy", "eval_accuracy" (with ``eval_data``),
-      and "step_loss" (every step's loss).
+      and "step_loss" (every step's loss, all epochs in one list).
 
     Example:
       >>> import jax, jax.numpy as jnp, purelearn as pl
       >>> x = jax.random.normal(jax.random.key(1), (64, 2))
       >>> y = (x[:, 0] > 0).astype(jnp.int32)
       >>> state, history = pl.fit(pl.mlp([2, 8, 2]), pl.adam(0.05), (x, y), epochs=20,
-      ...                         batch_size=16, key=jax.random.key(0), progress=False)
+      ...                         batch_size=16, key=0, progress=False)
       >>> history["train_accuracy"][-1] > 0.9
       True
     """
     from tqdm.auto import tqdm
 
-    _check_weight_decay(weight_decay)
-    x, y = _check_run(train_data, epochs=epochs, batch_size=batch_size)
-    if state is None:
-        state = TrainState.create(model, optimizer, key)
-    run_epoch = jax.jit(
-        _epoch_fn(_step_fn(model, optimizer, weight_decay), batch_size), donate_argnums=0
+    plan, data, eval_data, weight_decay = _validate_run(
+        model,
+        optimizer,
+        train_data,
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_data=eval_data,
+        weight_decay=weight_decay,
+        early_stopping=early_stopping,
+        steps_per_epoch=steps_per_epoch,
+        sampling=sampling,
     )
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable or None, got {callback!r}")
+    if state is None:
+        if key is None:
+            raise ValueError("fit needs a key (or an int seed), or a state to resume from")
+        state = TrainState.create(model, optimizer, _checks.key_or_seed("key", key))
+    else:
+        _check_resumable(state, model, optimizer)
+        state = _copy(state)
+    carry = _start(plan, state)
     history: dict[str, list[float]] = {"loss": [], "train_accuracy": [], "step_loss": []}
     if eval_data is not None:
         history["eval_accuracy"] = []
-    stopper = early_stopping.init() if early_stopping else None
 
     bar = tqdm(range(epochs), disable=not progress, desc="fit", unit="epoch")
-    for _ in bar:
-        state, metrics = run_epoch(state, x, y)
-        losses = np.asarray(metrics["loss"])
-        history["step_loss"].extend(losses.tolist())
-        history["loss"].append(float(losses.mean()))
-        history["train_accuracy"].append(evaluate(model, state, x, y))
-        monitored = history["train_accuracy"][-1]
-        if eval_data is not None:
-            history["eval_accuracy"].append(evaluate(model, state, *eval_data))
-            monitored = history["eval_accuracy"][-1]
-        bar.set_postfix(loss=history["loss"][-1], acc=monitored)
-        if stopper is not None:
-            stopper = early_stopping.update(stopper, monitored)
-            if bool(stopper.should_stop):
-                break
+    for epoch in bar:
+        carry, curves = _jitted_epoch(model, optimizer, plan, carry, data, eval_data, weight_decay)
+        curves = jax.device_get(curves)
+        history["step_loss"].extend(np.asarray(curves["step_loss"]).tolist())
+        for name in METRICS:
+            if name in history:
+                history[name].append(float(curves[name]))
+        bar.set_postfix({k: history[k][-1] for k in METRICS if k in history})
+        # carry.state is donated to the next epoch: a callback that keeps it must copy it
+        if callback is not None and callback(epoch, carry.state, history):
+            break
+        if carry.stopper is not None and bool(carry.stopper.should_stop):
+            break
     bar.close()
-    return state, history
+    return _finish(plan, carry), history
 
 
-# -- checkpoints ----------------------------------------------------------------
-
-_MAGIC = b"purelearn-checkpoint-v1\n"
-
-
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _raw(tree: Any) -> Any:
-    """Typed PRNG keys as their uint32 data, everything on the host."""
-    return jax.device_get(jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, tree))
-
-
-def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
-    """Write ``state`` (any pytree of arrays) to ``path`` atomically.
-
-    The bytes (flax msgpack serialization behind a header and a SHA-256
-    digest) go to a temporary file in the same directory, are flushed to
-    disk, and replace ``path`` in one ``os.replace``: a crash mid-write
-    leaves the previous checkpoint intact.
-    """
-    payload = serialization.to_bytes(_raw(state))
-    digest = hashlib.sha256(payload).hexdigest().encode()
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + digest + b"\n" + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
-    """Read a checkpoint written by :func:`save_checkpoint`.
-
-    ``like_state`` gives the expected structure, shapes and dtypes (e.g. a
-    freshly created :class:`TrainState`). Raises ``ValueError`` naming the
-    problem when the file is not a checkpoint, is truncated or corrupt, or
-    holds a different structure; nothing is half-loaded.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(_MAGIC):
-        raise ValueError(f"{path} is not a purelearn checkpoint (bad header)")
-    digest, _, payload = data[len(_MAGIC) :].partition(b"\n")
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
-        raise ValueError(f"{path} is corrupt or truncated: its SHA-256 digest does not match")
-    like_raw = _raw(like_state)
-    try:
-        restored = serialization.from_bytes(like_raw, payload)
-    except Exception as err:  # flax raises several types for mismatched trees
-        raise ValueError(f"{path} does not match the structure of like_state: {err}") from err
-    got = jax.tree_util.tree_flatten_with_path(restored)[0]
-    want, _treedef = jax.tree_util.tree_flatten_with_path(like_raw)
-    if len(got) != len(want):
-        raise ValueError(f"{path} holds {len(got)} arrays but like_state has {len(want)}")
-    for (where, a), (_, b) in zip(got, want, strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.shape != b.shape or a.dtype != b.dtype:
+def _check_resumable(state: Any, model: Model, optimizer: Any) -> None:
+    """A state to resume from must be this model's and this optimizer's."""
+    if not isinstance(state, TrainState):
+        raise ValueError(
+            f"state must be a TrainState (from pl.TrainState.create, fit or a checkpoint), "
+            f"got {type(state).__name__}"
+        )
+    want_params, want_model_state = jax.eval_shape(model.init, jax.random.key(0))
+    want_opt = jax.eval_shape(optimizer.init, want_params)
+    for name, want, got in (
+        ("params", want_params, state.params),
+        ("model_state", want_model_state, state.model_state),
+        ("opt_state", want_opt, state.opt_state),
+    ):
+        same = jax.tree.structure(want) == jax.tree.structure(got) and all(
+            np.shape(a) == np.shape(b)
+            for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True)
+        )
+        if not same:
+            made_by = "optimizer" if name == "opt_state" else "model"
             raise ValueError(
-                f"{path}: leaf {jax.tree_util.keystr(where)} is {a.dtype}{list(a.shape)} "
-                f"in the checkpoint but {b.dtype}{list(b.shape)} in like_state"
+                f"state.{name} does not match the {made_by} given (a state from another "
+                f"{made_by}?): expected {jax.tree.structure(want)}, got "
+                f"{jax.tree.structure(got)}"
             )
-    leaves = [
-        jax.random.wrap_key_data(jnp.asarray(a), impl=jax.random.key_impl(like))
-        if _is_key(like)
-        else jnp.asarray(a)
-        for (_, a), like in zip(got, jax.tree.leaves(like_state), strict=True)
-    ]
-    return jax.tree.unflatten(jax.tree.structure(like_state), leaves)
+
+
+# -- evaluation -------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _count_correct(model: Model, params, model_state, x, y) -> jax.Array:
+    logits, _ = model.apply(params, model_state, x, train=False)
+    return _correct(logits, y).sum()
+
+
+def evaluate(
+    model: Model, state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int = 10_000
+) -> float:
+    """Accuracy of the model in inference mode (running batch-norm statistics, no dropout).
+
+    Computed on the device in chunks of ``batch_size`` examples; a prediction
+    from non-finite logits counts as wrong. The program is cached on the
+    model and the chunk shape.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, purelearn as pl
+      >>> model = pl.mlp([4, 3])
+      >>> state = pl.TrainState.create(model, pl.sgd(), jax.random.key(0))
+      >>> 0.0 <= pl.evaluate(model, state, jnp.ones((5, 4)), jnp.zeros(5, jnp.int32)) <= 1.0
+      True
+    """
+    model = _check_model(model)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    x, y = _checks.pair("(x, y)", (x, y))
+    _check_labels("(x, y)", model, x, y)
+    correct = sum(
+        _count_correct(
+            model,
+            state.params,
+            state.model_state,
+            x[start : start + batch_size],
+            y[start : start + batch_size],
+        )
+        for start in range(0, len(x), batch_size)
+    )
+    return float(correct) / len(x)

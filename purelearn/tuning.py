@@ -3,36 +3,51 @@
 Every search trains its trials as one vmapped, jitted program of
 :func:`~purelearn.training.train_run` (no Python loop over trials): the
 optimizer is ``optax.inject_hyperparams(optimizer_factory)(**hyperparams)``
-with the sampled values traced, and the L2 penalty ``weight_decay`` is
+with every numeric value traced, and the L2 penalty ``weight_decay`` is
 traced too. Trials run in chunks of ``max_parallel`` (the last chunk padded
 by repeating a trial, the padding dropped), so memory stays bounded; a
 different chunk width changes the numbers only by float rounding (batched
 matmuls may sum in another order). Trial ``i`` uses the key
 ``jax.random.split(key, num_trials)[i]`` and, in a random search, row ``i``
 of one uniform draw: it trains as ``train_run(..., key=keys[i])`` would
-alone, and a longer search with the same key extends a shorter one.
+alone, and a longer search with the same key extends a shorter one. The
+compiled program is cached on the model, the factory, the static settings
+and the shapes: a second identical search compiles nothing.
 
-A search space maps names to distributions or fixed numbers::
+A search space maps names to distributions or fixed values::
 
     space = {"learning_rate": pl.log_uniform(1e-6, 1e-2),   # exp(U(log lo, log hi))
              "weight_decay": pl.log_uniform(1e-8, 1e-4),
-             "b1": 0.9}                                      # fixed
+             "b1": 0.9,                                      # fixed, injected
+             "nesterov": True}                               # static, passed as is
 
-Fixed numbers are injected like sampled ones; fixed bools, strings and None
-(``nesterov=True``) are passed to the factory as they are. Before anything
-is traced, the factory is built once with the space's low ends and once with
-its high ends (as float32), so its own checks (a negative rate, ``b1 >= 1``,
-a missing argument) raise a ``ValueError`` at the call.
+Numbers are injected (traced); bools, strings and None select code paths,
+so they are passed to the factory as they are (in a grid, each combination
+of them is its own program). Before anything is traced, the factory is
+built once with the space's low ends and once with its high ends (as
+float32), so its own checks (a negative rate, ``b1 >= 1``, a missing
+argument) raise a ``ValueError`` at the call.
 
 Names are ``"weight_decay"`` (always the L2 penalty) and the arguments of
-``optimizer_factory``. Results are dicts, best validation accuracy first
-(ties keep trial order): the hyperparameters as Python floats (the float32
-values trained with), ``"trial"`` (the index ``i`` above, so the best run
-can be repeated alone to keep its parameters), ``"val_acc"`` and
-``"train_acc"`` after the last epoch, per-epoch ``"val_acc_curve"``,
-``"train_acc_curve"`` and ``"loss_curve"`` (mean training loss), and with
-early stopping ``"epochs_run"``.
-:func:`top_k_table` prints them; :func:`purelearn.plotting.search_figure`
+``optimizer_factory``; a name that is also a result field (``"trial"``,
+``"val_acc"``, ...) is a ``ValueError``. Results are :class:`SearchResults`,
+best first: finite trials by final validation accuracy (ties keep trial
+order), then diverged ones (whose loss went non-finite). Each row is a dict
+of plain values:
+
+- the hyperparameters as drawn or given (training sees numbers rounded to
+  float32);
+- ``"trial"``: the index ``i`` above, so the best run can be repeated alone;
+- ``"val_acc"``, ``"train_acc"``: accuracies after the last epoch;
+- ``"val_acc_curve"``, ``"train_acc_curve"``, ``"loss_curve"``: per epoch;
+- ``"diverged"``: whether the training loss became NaN or infinite;
+- ``"history"``: the run's curves in the one vocabulary of
+  :data:`purelearn.early_stopping.METRICS` (``"loss"``,
+  ``"train_accuracy"``, ``"eval_accuracy"`` — the validation set is the eval
+  set — and ``"trained"`` with early stopping);
+- ``"epochs_run"`` with early stopping.
+
+:meth:`SearchResults.table` prints them; :func:`purelearn.plotting.search_figure`
 draws the best curves as the textbook's Figure 6-24 does.
 """
 
@@ -53,19 +68,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from purelearn import _checks
+from purelearn.early_stopping import METRICS, EarlyStopping
 from purelearn.models import Model
-from purelearn.training import (
-    EarlyStopping,
-    _check_pair,
-    _check_positive_int,
-    _check_run,
-    train_run,
-)
+from purelearn.training import check_data, train_run
 
 __all__ = [
     "Distribution",
     "log_uniform",
     "uniform",
+    "SearchResults",
     "random_search",
     "grid_search",
     "bayes_search",
@@ -75,13 +87,16 @@ __all__ = [
 Batch = tuple[jax.Array, jax.Array]
 OptimizerFactory = Callable[..., optax.GradientTransformation]
 
-_RESULT_KEYS = (
+#: The fields of a result row besides the hyperparameters: no space may use these names.
+RESULT_FIELDS = (
     "trial",
     "val_acc",
     "train_acc",
     "val_acc_curve",
     "train_acc_curve",
     "loss_curve",
+    "diverged",
+    "history",
     "epochs_run",
 )
 
@@ -161,11 +176,27 @@ def log_uniform(low: float, high: float) -> Distribution:
 # -- validation --------------------------------------------------------------------
 
 
+def _factory_name(optimizer_factory: OptimizerFactory) -> str:
+    return getattr(optimizer_factory, "__name__", repr(optimizer_factory))
+
+
 def _check_names(names: Sequence[str], optimizer_factory: OptimizerFactory, what: str) -> None:
+    if not callable(optimizer_factory):
+        raise ValueError(
+            f"optimizer_factory must be callable (e.g. pl.sgd), got {optimizer_factory!r}"
+        )
     if not names:
         raise ValueError(f"{what} is empty: give at least one hyperparameter")
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{what}'s names must be strings, got {name!r}")
+        if name in RESULT_FIELDS:
+            raise ValueError(
+                f"{what} names {name!r}, which is also a field of every result row "
+                f"({', '.join(RESULT_FIELDS)}); rename the factory's argument"
+            )
     params = inspect.signature(optimizer_factory).parameters
-    factory = getattr(optimizer_factory, "__name__", repr(optimizer_factory))
+    factory = _factory_name(optimizer_factory)
     if "weight_decay" in names and "weight_decay" in params:
         # silently picking one of the two meanings would train the wrong thing
         raise ValueError(
@@ -188,27 +219,32 @@ def _check_names(names: Sequence[str], optimizer_factory: OptimizerFactory, what
             )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _is_static(value: Any) -> bool:
+    """Bools, strings and None select code paths: passed to the factory, never traced."""
+    return isinstance(_plain(value), bool | str) or value is None
 
 
-def _check_fixed(name: str, value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """NumPy scalars (np.bool_, np.float64) as Python values."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_value(name: str, value: Any, *, label: str | None = None) -> Any:
     """A fixed value: a finite number (injected like a sampled one) or a bool, string or
-    None (passed to the factory as is, e.g. ``nesterov=True``)."""
-    if _is_number(value):
-        if not math.isfinite(value):
-            raise ValueError(f"{name!r} must be finite, got {value!r}")
-        if name == "weight_decay" and value < 0:
-            raise ValueError(f"'weight_decay' must be >= 0, got {value!r}")
-        return float(value)
-    if isinstance(value, bool | str) or value is None:
+    None (passed to the factory as is, e.g. ``nesterov=True``). ``label`` names it in
+    errors (e.g. ``grid['learning_rate']``)."""
+    label = label or repr(name)
+    value = _plain(value)
+    if _is_static(value):
         if name == "weight_decay":
-            raise ValueError(f"'weight_decay' must be a number, got {value!r}")
+            raise ValueError(f"{label} must be a number, got {value!r}")
         return value
-    raise ValueError(
-        f"{name!r} must be a distribution (uniform, log_uniform), a finite number, "
-        f"a bool, a string or None, got {value!r}"
-    )
+    if not _checks.is_real(value):
+        raise ValueError(
+            f"{label} must be a distribution (uniform, log_uniform), a finite number, "
+            f"a bool, a string or None, got {value!r}"
+        )
+    return _checks.real(label, value, low=0.0 if name == "weight_decay" else None)
 
 
 def _check_factory(
@@ -220,14 +256,15 @@ def _check_factory(
     try:
         optimizer_factory(**kwargs)
     except (TypeError, ValueError) as err:
-        factory = getattr(optimizer_factory, "__name__", repr(optimizer_factory))
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise ValueError(f"{what}: {factory}({shown}) fails: {err}") from err
+        raise ValueError(
+            f"{what}: {_factory_name(optimizer_factory)}({shown}) fails: {err}"
+        ) from err
 
 
-def _float32(x: float) -> float:
-    """``x`` as training will see it (hyperparameters are injected as float32)."""
-    return float(np.float32(x))
+def _float32(x: Any) -> Any:
+    """``x`` as training will see it (numbers are injected as float32)."""
+    return x if _is_static(x) else float(np.float32(x))
 
 
 def _split_space(
@@ -244,35 +281,45 @@ def _split_space(
                 raise ValueError(f"'weight_decay' must be >= 0, got a range from {value.low!r}")
             dists[name] = value
         else:
-            fixed[name] = _check_fixed(name, value)
+            fixed[name] = _check_value(name, value)
     for end in ("low", "high"):
         bounds = {name: _float32(getattr(d, end)) for name, d in dists.items()}
-        _check_factory(optimizer_factory, {**fixed, **bounds}, f"the space's {end} ends")
+        fixed32 = {name: _float32(v) for name, v in fixed.items()}
+        _check_factory(optimizer_factory, {**fixed32, **bounds}, f"the space's {end} ends")
     return dists, fixed
 
 
-def _as_key(key: Any) -> jax.Array:
-    """A typed key, a raw ``uint32[2]`` key, or an int seed."""
-    if isinstance(key, bool):
-        raise ValueError(f"key must be a PRNG key or an int seed, got {key!r}")
-    if isinstance(key, numbers.Integral):
-        return jax.random.key(int(key))
-    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        if shape == ():
-            return key
-    elif dtype == np.uint32 and shape == (2,):
-        return key
-    elif dtype is not None and jax.dtypes.issubdtype(dtype, np.integer) and shape == ():
-        return jax.random.key(int(key))
-    raise ValueError(f"key must be one PRNG key (jax.random.key(0)) or an int seed, got {key!r}")
+def _check_grid(
+    grid: Mapping[str, Any], optimizer_factory: OptimizerFactory
+) -> dict[str, list[Any]]:
+    """Each name's list of values (numbers, or bools/strings/None), validated."""
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"grid must be a mapping of names to value lists, got {grid!r}")
+    _check_names(list(grid), optimizer_factory, "grid")
+    lists = {}
+    for name, options in grid.items():
+        label = f"grid[{name!r}]"
+        if isinstance(options, np.ndarray | jax.Array):
+            options = np.asarray(options).tolist() if options.ndim == 1 else options
+        flat = isinstance(options, Sequence) and not isinstance(options, str | bytes)
+        if not flat or any(isinstance(v, Sequence | np.ndarray) for v in options):
+            if not isinstance(options, str) and flat:
+                options = list(options)
+            raise ValueError(f"{label} must be a 1-D list of values, got {options!r}")
+        if len(options) == 0:
+            raise ValueError(f"{label} is empty")
+        values = [_check_value(name, v, label=label) for v in options]
+        lists[name] = values
+    first = {name: _float32(values[0]) for name, values in lists.items()}
+    for name, values in lists.items():
+        for v in values:
+            _check_factory(optimizer_factory, {**first, name: _float32(v)}, f"grid[{name!r}]")
+    return lists
 
 
 def _numpy_rng(key: jax.Array) -> np.random.Generator:
     """A NumPy generator seeded by the key's bits (for sampling the space)."""
-    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    data = jax.random.key_data(key) if typed else key
-    return np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+    return np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).ravel().tolist())
 
 
 def _sample(dists: Mapping[str, Distribution], rng: np.random.Generator, n: int) -> dict:
@@ -282,45 +329,38 @@ def _sample(dists: Mapping[str, Distribution], rng: np.random.Generator, n: int)
     return {name: dist.from_unit(u[:, j]) for j, (name, dist) in enumerate(dists.items())}
 
 
-# -- the vmapped runner ----------------------------------------------------------------
+# -- the vmapped runner ------------------------------------------------------------
 
 
-def _make_runner(
-    model: Model,
-    optimizer_factory: OptimizerFactory,
-    fixed: Mapping[str, float],
-    *,
-    epochs: int,
-    batch_size: int,
-    early_stopping: EarlyStopping | None,
-) -> Callable:
-    """``run(hparams, keys, x, y, vx, vy) -> (val_curves, train_curves, loss_curves,
-    epochs_run)``,
-    jitted and vmapped over the leading axis of ``hparams`` (a dict of arrays) and ``keys``."""
-    injected = {k: v for k, v in fixed.items() if k != "weight_decay" and _is_number(v)}
-    static = {k: v for k, v in fixed.items() if not _is_number(v)}
-    # bools and strings select code paths: they must not become traced arrays
-    factory = functools.partial(optimizer_factory, **static) if static else optimizer_factory
+@functools.partial(jax.jit, static_argnames=("model", "factory", "static", "settings"))
+def _trials(hparams, keys, data, val_data, *, model, factory, static, settings):
+    """Curves of ``len(keys)`` trials, vmapped over ``hparams`` (name -> array) and ``keys``.
 
-    def trial(hparams, key, x, y, vx, vy):
-        hparams = dict(hparams)
-        weight_decay = hparams.pop("weight_decay", fixed.get("weight_decay", 0.0))
-        optimizer = optax.inject_hyperparams(factory)(**injected, **hparams)
+    ``static`` holds the settings passed to the factory as they are (sorted
+    name-value pairs); ``settings`` is ``(epochs, batch_size, early_stopping)``.
+    Cached like every engine program: an identical search compiles nothing.
+    """
+    epochs, batch_size, early_stopping = settings
+    make = functools.partial(factory, **dict(static)) if static else factory
+
+    def trial(h, key):
+        h = dict(h)
+        weight_decay = h.pop("weight_decay", 0.0)
         _, curves = train_run(
             model,
-            optimizer,
-            (x, y),
+            optax.inject_hyperparams(make)(**h),
+            data,
             epochs=epochs,
             batch_size=batch_size,
             key=key,
-            eval_data=(vx, vy),
+            eval_data=val_data,
             weight_decay=weight_decay,
             early_stopping=early_stopping,
         )
-        epochs_run = curves["trained"].sum() if early_stopping else jnp.int32(epochs)
-        return curves["eval_accuracy"], curves["train_accuracy"], curves["loss"], epochs_run
+        del curves["step_loss"]  # per step: more than a search reports
+        return curves
 
-    return jax.jit(jax.vmap(trial, in_axes=(0, 0, None, None, None, None)))
+    return jax.vmap(trial)(hparams, keys)
 
 
 #: Trials per vmapped chunk on CPU when ``max_parallel`` is None (see random_search).
@@ -333,105 +373,162 @@ def _chunk(max_parallel: int | None, num_trials: int) -> int:
     return min(max_parallel, num_trials)
 
 
-def _run_chunked(
-    runner: Callable, hparams: Mapping[str, np.ndarray], keys: jax.Array, data: tuple, chunk: int
-) -> tuple[np.ndarray, ...]:
-    """Run ``len(keys)`` trials in chunks of exactly ``chunk`` (one compiled shape):
-    the last chunk is padded by repeating its last trial and the padding dropped."""
-    n = len(keys)
-    outputs = []
-    for start in range(0, n, chunk):
-        idx = np.arange(start, min(start + chunk, n))
-        padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
-        hp = {k: jnp.asarray(np.asarray(v)[padded], jnp.float32) for k, v in hparams.items()}
-        out = runner(hp, keys[padded], *data)
-        outputs.append([np.asarray(a)[: len(idx)] for a in out])
-    return tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True))
+@dataclasses.dataclass(frozen=True)
+class _Search:
+    """What every search shares, validated: the model, the data and the settings."""
+
+    model: Model
+    factory: OptimizerFactory
+    data: Batch
+    val_data: Batch
+    epochs: int
+    batch_size: int
+    early_stopping: EarlyStopping | None
+    max_parallel: int | None
+
+    def run(self, numeric: Mapping[str, Any], static: Mapping[str, Any], keys: jax.Array) -> dict:
+        """Curves (name -> ``(trials, epochs)`` NumPy array) of the trials in ``keys``' order,
+        in chunks of one compiled width: the last chunk padded by repeating its last
+        trial, the padding dropped."""
+        n = len(keys)
+        chunk = _chunk(self.max_parallel, n)
+        call = functools.partial(
+            _trials,
+            model=self.model,
+            factory=self.factory,
+            static=tuple(sorted(static.items())),
+            settings=(self.epochs, self.batch_size, self.early_stopping),
+        )
+        parts = []
+        for start in range(0, n, chunk):
+            idx = np.arange(start, min(start + chunk, n))
+            padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
+            hp = {k: jnp.asarray(np.asarray(v)[padded], jnp.float32) for k, v in numeric.items()}
+            out = call(hp, keys[padded], self.data, self.val_data)
+            parts.append({k: np.asarray(v)[: len(idx)] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _results(
-    values: Mapping[str, np.ndarray],
-    fixed: Mapping[str, float],
-    curves: tuple[np.ndarray, ...],
-    early_stopping: EarlyStopping | None,
-) -> list[dict]:
-    """Result dicts, best validation accuracy first (stable)."""
-    val, train, loss, epochs_run = curves
-    results = []
-    for i in range(len(val)):
-        result: dict[str, Any] = {name: float(v[i]) for name, v in values.items()}
-        result.update(fixed)
-        result["trial"] = i
-        result["val_acc"] = float(val[i, -1])
-        result["train_acc"] = float(train[i, -1])
-        result["val_acc_curve"] = val[i].tolist()
-        result["train_acc_curve"] = train[i].tolist()
-        result["loss_curve"] = loss[i].tolist()
-        if early_stopping is not None:
-            result["epochs_run"] = int(epochs_run[i])
-        results.append(result)
-    results.sort(key=lambda r: -r["val_acc"])
-    return results
-
-
-def _search(
+def _prepare(
     model: Model,
     optimizer_factory: OptimizerFactory,
-    data: tuple[jax.Array, ...],
-    *,
-    values: dict[str, np.ndarray],
-    fixed: dict[str, Any],
-    num_trials: int,
-    epochs: int,
-    batch_size: int,
-    key: jax.Array,
-    max_parallel: int | None,
-    early_stopping: EarlyStopping | None,
-) -> list[dict]:
-    """Train ``num_trials`` trials (the hyperparameters in ``values`` and ``fixed``)."""
-    runner = _make_runner(
-        model,
-        optimizer_factory,
-        fixed,
-        epochs=epochs,
-        batch_size=batch_size,
-        early_stopping=early_stopping,
-    )
-    keys = jax.random.split(key, num_trials)
-    chunk = _chunk(max_parallel, num_trials)
-    curves = _run_chunked(runner, values, keys, data, chunk)
-    return _results(values, fixed, curves, early_stopping)
-
-
-def _check_common(
     train_data: Batch,
     val_data: Batch,
+    *,
     epochs: int,
     batch_size: int,
     max_parallel: int | None,
     early_stopping: EarlyStopping | None,
-) -> tuple[jax.Array, ...]:
-    """Validate what every search shares before anything is traced; the data arrays."""
+) -> _Search:
+    """Validate what every search shares before anything is traced."""
+    _checks.positive_int("epochs", epochs)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     if max_parallel is not None:
-        _check_positive_int("max_parallel", max_parallel)
-    if early_stopping is not None and early_stopping.mode != "max":
-        raise ValueError(
-            "a search's early stopping watches validation accuracy, so its mode must be "
-            f"'max', got {early_stopping.mode!r}"
-        )
-    x, y = _check_run(train_data, epochs=epochs, batch_size=batch_size)
-    vx, vy = _check_pair("val_data", val_data)
-    if len(vx) == 0:
-        raise ValueError("val_data is empty: trials are ranked by validation accuracy")
-    if vx.shape[1:] != x.shape[1:] or vy.shape[1:] != y.shape[1:]:
-        raise ValueError(
-            f"val_data's shapes {vx.shape[1:]} / {vy.shape[1:]} per example differ from "
-            f"train_data's {x.shape[1:]} / {y.shape[1:]}"
-        )
-    return x, y, vx, vy
+        _checks.positive_int("max_parallel", max_parallel)
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise ValueError(
+                f"early_stopping must be a pl.EarlyStopping(...) or None, got {early_stopping!r}"
+            )
+        early_stopping.watched(has_eval=True)
+    data, val = check_data(model, train_data, val_data, batch_size=batch_size, eval_name="val_data")
+    return _Search(
+        model, optimizer_factory, data, val, epochs, batch_size, early_stopping, max_parallel
+    )
 
 
-# -- searches ------------------------------------------------------------------------
+# -- results -----------------------------------------------------------------------
+
+
+class SearchResults(list):
+    """A search's result rows (dicts), best first, with a few helpers.
+
+    A plain ``list`` of dicts otherwise: ``results[0]["val_acc"]``, slicing
+    and iteration work as on a list.
+
+    Example:
+      >>> import purelearn as pl
+      >>> r = pl.SearchResults([{"learning_rate": 0.1, "trial": 0, "val_acc": 0.9,
+      ...                        "train_acc": 0.95, "diverged": False}])
+      >>> r.best["learning_rate"], len(r.top_k(5))
+      (0.1, 1)
+    """
+
+    @property
+    def best(self) -> dict:
+        """The best row."""
+        if not self:
+            raise ValueError("no results")
+        return self[0]
+
+    def top_k(self, k: int) -> SearchResults:
+        """The best ``k`` rows."""
+        return SearchResults(self[: _checks.positive_int("k", k)])
+
+    def table(self, k: int = 10) -> str:
+        """The best ``k`` rows as a plain-text table (see :func:`top_k_table`)."""
+        return top_k_table(self, k)
+
+    def hyperparameters(self) -> list[str]:
+        """The names of the searched hyperparameters."""
+        return hyperparameter_names(self[0]) if self else []
+
+    def records(self) -> list[dict]:
+        """Rows as JSON-ready dicts: non-finite numbers become None (JSON has no NaN)."""
+        return [_json_ready(row) for row in self]
+
+    def __repr__(self) -> str:
+        return f"SearchResults({len(self)} trials)\n{self.table()}"
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _rows(
+    values: Mapping[str, Sequence[Any]], curves: Mapping[str, np.ndarray], stopping: bool
+) -> SearchResults:
+    """One row per trial, ranked: finite trials by final validation accuracy, then
+    diverged ones; ties keep trial order."""
+    rows = []
+    for i in range(len(curves["loss"])):
+        history = {name: curves[name][i].tolist() for name in METRICS}
+        trained = curves["trained"][i] if stopping else np.ones(len(curves["loss"][i]), bool)
+        if stopping:
+            history["trained"] = trained.tolist()
+        row: dict[str, Any] = {name: _plain(v[i]) for name, v in values.items()}
+        row.update(
+            trial=i,
+            val_acc=history["eval_accuracy"][-1],
+            train_acc=history["train_accuracy"][-1],
+            val_acc_curve=history["eval_accuracy"],
+            train_acc_curve=history["train_accuracy"],
+            loss_curve=history["loss"],
+            diverged=not bool(np.isfinite(curves["loss"][i][trained]).all()),
+            history=history,
+        )
+        if stopping:
+            row["epochs_run"] = int(trained.sum())
+        rows.append(row)
+    rows.sort(key=lambda r: (r["diverged"], -r["val_acc"]))
+    return SearchResults(rows)
+
+
+def _per_trial(fixed: Mapping[str, Any], n: int) -> dict[str, list[Any]]:
+    return {name: [value] * n for name, value in fixed.items()}
+
+
+def _numeric(values: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+    return {name: np.asarray(v, np.float64) for name, v in values.items() if not _is_static(v[0])}
+
+
+# -- searches ----------------------------------------------------------------------
 
 
 def random_search(
@@ -447,12 +544,13 @@ def random_search(
     key: jax.Array | int,
     max_parallel: int | None = None,
     early_stopping: EarlyStopping | None = None,
-) -> list[dict]:
+) -> SearchResults:
     """Random search: ``num_trials`` draws from ``space``, trained as one vmapped program.
 
     Trial ``i`` trains ``train_run(model, inject_hyperparams(optimizer_factory)(**h_i),
-    train_data, key=split(key, num_trials)[i], weight_decay=h_i["weight_decay"])`` and is
-    scored by its validation accuracy after the last epoch.
+    train_data, key=split(key, num_trials)[i], eval_data=val_data,
+    weight_decay=h_i["weight_decay"])`` and is scored by its validation
+    accuracy after the last epoch.
 
     Args:
       model: a :class:`~purelearn.models.Model`.
@@ -466,13 +564,13 @@ def random_search(
         once on GPU and TPU, and 8 at a time on CPU, where one trial already keeps
         the cores busy and wider vmaps fall out of cache (benchmarks/bench_search.py
         measured 8 as fast as a loop of single runs, all 100 at once 0.7x of it).
-      early_stopping: stop a trial when its validation accuracy stops improving
-        (mode "max"); a stopped trial's state and curves stay frozen, its
-        ``"val_acc"`` is the accuracy it stopped at (not its best), and its
-        result gains ``"epochs_run"``.
+      early_stopping: stop each trial on its own when its monitored metric
+        (validation accuracy by default) stops improving; a stopped trial's
+        curves stay frozen, its ``"val_acc"`` is the accuracy it stopped at
+        (not its best), and its row gains ``"epochs_run"``.
 
     Returns:
-      Result dicts, best ``"val_acc"`` first.
+      :class:`SearchResults`, best ``"val_acc"`` first.
 
     Example:
       >>> import jax, jax.numpy as jnp, purelearn as pl
@@ -480,29 +578,28 @@ def random_search(
       >>> y = (x[:, 0] > 0).astype(jnp.int32)
       >>> results = pl.random_search(pl.mlp([2, 8, 2]), pl.sgd, (x, y), (x, y),
       ...     space={"learning_rate": pl.log_uniform(1e-3, 1.0)}, num_trials=4,
-      ...     epochs=3, batch_size=16, key=jax.random.key(0))
-      >>> best = results[0]
-      >>> len(results), best["val_acc"] == best["val_acc_curve"][-1], len(best["loss_curve"])
-      (4, True, 3)
+      ...     epochs=3, batch_size=16, key=0)
+      >>> best = results.best
+      >>> len(results), best["val_acc"] == best["history"]["eval_accuracy"][-1]
+      (4, True)
     """
-    _check_positive_int("num_trials", num_trials)
+    num_trials = _checks.positive_int("num_trials", num_trials)
     dists, fixed = _split_space(space, optimizer_factory)
-    key = _as_key(key)
-    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel, early_stopping)
-    values = _sample(dists, _numpy_rng(key), num_trials)
-    return _search(
+    key = _checks.key_or_seed("key", key)
+    search = _prepare(
         model,
         optimizer_factory,
-        data,
-        values=values,
-        fixed=fixed,
-        num_trials=num_trials,
+        train_data,
+        val_data,
         epochs=epochs,
         batch_size=batch_size,
-        key=key,
         max_parallel=max_parallel,
         early_stopping=early_stopping,
     )
+    values = {**_sample(dists, _numpy_rng(key), num_trials), **_per_trial(fixed, num_trials)}
+    static = {name: v for name, v in fixed.items() if _is_static(v)}
+    curves = search.run(_numeric(values), static, jax.random.split(key, num_trials))
+    return _rows(values, curves, early_stopping is not None)
 
 
 def grid_search(
@@ -511,18 +608,20 @@ def grid_search(
     train_data: Batch,
     val_data: Batch,
     *,
-    grid: Mapping[str, Sequence[float]],
+    grid: Mapping[str, Sequence[Any]],
     epochs: int,
     batch_size: int,
     key: jax.Array | int,
     max_parallel: int | None = None,
     early_stopping: EarlyStopping | None = None,
-) -> list[dict]:
+) -> SearchResults:
     """Grid search: every point of the Cartesian product of ``grid``'s value lists.
 
     The same vmapped machinery as :func:`random_search`; the trials are the
     product in ``itertools.product`` order (the last name varies fastest), and
-    trial ``i`` uses ``split(key, num_points)[i]``.
+    trial ``i`` uses ``split(key, num_points)[i]``. Lists of numbers are
+    traced; lists of bools, strings or None (``"nesterov": [True, False]``)
+    are passed to the factory as they are, each combination its own program.
 
     Example:
       >>> import jax, jax.numpy as jnp, purelearn as pl
@@ -530,47 +629,45 @@ def grid_search(
       >>> y = (x[:, 0] > 0).astype(jnp.int32)
       >>> results = pl.grid_search(pl.mlp([2, 8, 2]), pl.sgd, (x, y), (x, y),
       ...     grid={"learning_rate": [0.01, 0.1], "weight_decay": [0.0, 1e-3]},
-      ...     epochs=2, batch_size=16, key=jax.random.key(0))
+      ...     epochs=2, batch_size=16, key=0)
       >>> len(results)
       4
     """
-    if not isinstance(grid, Mapping):
-        raise ValueError(f"grid must be a mapping of names to value lists, got {grid!r}")
-    _check_names(list(grid), optimizer_factory, "grid")
-    lists = {}
-    for name, options in grid.items():
-        if isinstance(options, str | bytes | Mapping):
-            options = None  # iterable, but not a list of values
-        try:
-            array = np.asarray(options, np.float64)
-        except (TypeError, ValueError):
-            array = np.empty((0, 0))
-        if array.ndim != 1:
-            raise ValueError(f"grid[{name!r}] must be a 1-D list of numbers, got {options!r}")
-        if array.size == 0:
-            raise ValueError(f"grid[{name!r}] is empty")
-        lists[name] = [_check_fixed(name, float(v)) for v in array]
-    first = {name: _float32(values[0]) for name, values in lists.items()}
-    for name, values in lists.items():
-        for v in values:
-            _check_factory(optimizer_factory, {**first, name: _float32(v)}, f"grid[{name!r}]")
-    key = _as_key(key)
-    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel, early_stopping)
-    points = list(itertools.product(*lists.values()))
-    values = {name: np.array([p[j] for p in points]) for j, name in enumerate(lists)}
-    return _search(
+    lists = _check_grid(grid, optimizer_factory)
+    key = _checks.key_or_seed("key", key)
+    search = _prepare(
         model,
         optimizer_factory,
-        data,
-        values=values,
-        fixed={},
-        num_trials=len(points),
+        train_data,
+        val_data,
         epochs=epochs,
         batch_size=batch_size,
-        key=key,
         max_parallel=max_parallel,
         early_stopping=early_stopping,
     )
+    points = list(itertools.product(*lists.values()))
+    values = {name: [p[j] for p in points] for j, name in enumerate(lists)}
+    keys = jax.random.split(key, len(points))
+    static_names = [name for name, options in lists.items() if _is_static(options[0])]
+    mixed = [n for n, opts in lists.items() if len({_is_static(v) for v in opts}) > 1]
+    if mixed:
+        raise ValueError(
+            f"grid[{mixed[0]!r}] mixes numbers with bools/strings/None: {lists[mixed[0]]!r}"
+        )
+    # Trials that share their static settings train as one program; results keep trial order.
+    groups: dict[tuple, list[int]] = {}
+    for i, point in enumerate(points):
+        combo = tuple((n, point[list(lists).index(n)]) for n in static_names)
+        groups.setdefault(combo, []).append(i)
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    for combo, members in groups.items():
+        idx = np.asarray(members)
+        numeric = {k: v[idx] for k, v in _numeric(values).items()}
+        out = search.run(numeric, dict(combo), keys[idx])
+        for j, i in enumerate(members):
+            parts[i] = {k: v[j] for k, v in out.items()}
+    curves = {k: np.stack([parts[i][k] for i in range(len(points))]) for k in parts[0]}
+    return _rows(values, curves, early_stopping is not None)
 
 
 def bayes_search(
@@ -588,17 +685,17 @@ def bayes_search(
     sampler: str = "tpe",
     max_parallel: int | None = None,
     early_stopping: EarlyStopping | None = None,
-) -> list[dict]:
+) -> SearchResults:
     """Bayesian search with Optuna: ask a batch of trials, train it vmapped, tell the scores.
 
     Optuna's sampler (``"tpe"``: ``TPESampler`` with the constant liar for
     batches; ``"gp"``: ``GPSampler``, which needs PyTorch) is seeded from
     ``key``; ``uniform``/``log_uniform`` become ``suggest_float(log=False/True)``
-    and the study maximizes validation accuracy. Each batch of
-    ``trials_per_batch`` trials is one vmapped program (chunked by
-    ``max_parallel``, compiled once); trial ``i`` (in the order asked) uses
-    ``split(key, num_trials)[i]``. Other arguments and the results are as in
-    :func:`random_search`.
+    and the study maximizes validation accuracy (a diverged trial is told
+    0). Each batch of ``trials_per_batch`` trials is one vmapped program
+    (chunked by ``max_parallel``, compiled once); trial ``i`` (in the order
+    asked) uses ``split(key, num_trials)[i]``. Other arguments and the
+    results are as in :func:`random_search`.
 
     Example:
       >>> import jax, jax.numpy as jnp, purelearn as pl
@@ -606,7 +703,7 @@ def bayes_search(
       >>> y = (x[:, 0] > 0).astype(jnp.int32)
       >>> results = pl.bayes_search(pl.mlp([2, 8, 2]), pl.sgd, (x, y), (x, y),
       ...     space={"learning_rate": pl.log_uniform(1e-3, 1.0)}, num_trials=4,
-      ...     trials_per_batch=2, epochs=2, batch_size=16, key=jax.random.key(0))
+      ...     trials_per_batch=2, epochs=2, batch_size=16, key=0)
       >>> len(results)
       4
     """
@@ -614,15 +711,22 @@ def bayes_search(
         import optuna
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("bayes_search needs Optuna: pip install 'purelearn[examples]'") from err
-    _check_positive_int("num_trials", num_trials)
-    _check_positive_int("trials_per_batch", trials_per_batch)
-    if sampler not in ("tpe", "gp"):
-        raise ValueError(f"sampler must be 'tpe' or 'gp', got {sampler!r}")
+    num_trials = _checks.positive_int("num_trials", num_trials)
+    trials_per_batch = _checks.positive_int("trials_per_batch", trials_per_batch)
+    _checks.choice("sampler", sampler, ("tpe", "gp"))
     dists, fixed = _split_space(space, optimizer_factory)
-    key = _as_key(key)
-    data = _check_common(train_data, val_data, epochs, batch_size, max_parallel, early_stopping)
+    key = _checks.key_or_seed("key", key)
+    search = _prepare(
+        model,
+        optimizer_factory,
+        train_data,
+        val_data,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_parallel=max_parallel,
+        early_stopping=early_stopping,
+    )
     seed = int(_numpy_rng(key).integers(2**31))
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if sampler == "gp":
@@ -636,71 +740,69 @@ def bayes_search(
             chosen = optuna.samplers.GPSampler(seed=seed)
         else:
             chosen = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    runner = _make_runner(
-        model,
-        optimizer_factory,
-        fixed,
-        epochs=epochs,
-        batch_size=batch_size,
-        early_stopping=early_stopping,
+    # Every batch is as wide as the first, so all batches share one compiled program.
+    search = dataclasses.replace(
+        search, max_parallel=_chunk(max_parallel, min(trials_per_batch, num_trials))
     )
+    static = {name: v for name, v in fixed.items() if _is_static(v)}
     keys = jax.random.split(key, num_trials)
-    chunk = _chunk(max_parallel, min(trials_per_batch, num_trials))
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
     try:
         study = optuna.create_study(direction="maximize", sampler=chosen)
-        values, curves = _ask_train_tell(study, runner, dists, keys, data, trials_per_batch, chunk)
+        drawn, curves = _ask_train_tell(study, search, dists, fixed, static, keys, trials_per_batch)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return _results(values, fixed, curves, early_stopping)
+    values = {**drawn, **_per_trial(fixed, num_trials)}
+    return _rows(values, curves, early_stopping is not None)
 
 
 def _ask_train_tell(
     study: Any,
-    runner: Callable,
+    search: _Search,
     dists: Mapping[str, Distribution],
+    fixed: Mapping[str, Any],
+    static: Mapping[str, Any],
     keys: jax.Array,
-    data: tuple[jax.Array, ...],
     trials_per_batch: int,
-    chunk: int,
-) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
-    """Optuna's loop a batch at a time: every trial's values and curves, in asked order."""
+) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Optuna's loop a batch at a time: every trial's drawn values and curves, in asked order."""
     import optuna
 
-    values: dict[str, list[float]] = {name: [] for name in dists}
-    curves = []
+    drawn: dict[str, list[float]] = {name: [] for name in dists}
+    parts = []
     for start in range(0, len(keys), trials_per_batch):
         count = min(trials_per_batch, len(keys) - start)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trials = [study.ask() for _ in range(count)]
             batch = {
-                name: np.array(
-                    [t.suggest_float(name, d.low, d.high, log=d.log) for t in trials], np.float64
-                )
+                name: [t.suggest_float(name, d.low, d.high, log=d.log) for t in trials]
                 for name, d in dists.items()
             }
-        out = _run_chunked(runner, batch, keys[start : start + count], data, chunk)
-        for trial, score in zip(trials, out[0][:, -1], strict=True):
-            study.tell(trial, float(score))
+        numeric = _numeric({**batch, **_per_trial(fixed, count)})
+        out = search.run(numeric, static, keys[start : start + count])
+        for i, trial in enumerate(trials):
+            finite = bool(np.isfinite(out["loss"][i]).all())
+            study.tell(trial, float(out["eval_accuracy"][i, -1]) if finite else 0.0)
         for name in dists:
-            values[name].extend(batch[name].tolist())
-        curves.append(out)
-    stacked = tuple(np.concatenate(parts) for parts in zip(*curves, strict=True))
-    return {name: np.asarray(v) for name, v in values.items()}, stacked
+            drawn[name].extend(batch[name])
+        parts.append(out)
+    return drawn, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # -- reporting ---------------------------------------------------------------------
 
 
-def _hyperparameter_names(result: Mapping[str, Any]) -> list[str]:
-    """A result's hyperparameters: every key but the trial index, scores and curves."""
-    return [name for name in result if name not in _RESULT_KEYS]
+def hyperparameter_names(result: Mapping[str, Any]) -> list[str]:
+    """A result row's hyperparameters: every key but the trial index, scores and curves."""
+    return [name for name in result if name not in RESULT_FIELDS]
 
 
 def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
     """The first ``k`` results as a plain-text table (rank, hyperparameters, accuracies).
+
+    Diverged trials are marked ``diverged``.
 
     Example:
       >>> import purelearn as pl
@@ -708,23 +810,23 @@ def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
       rank  learning_rate  val_acc  train_acc
          1           0.01   0.9000     0.9500
     """
-    _check_positive_int("k", k)
+    _checks.positive_int("k", k)
     rows = list(results)[:k]
     if not rows:
         return "(no results)"
-    names = _hyperparameter_names(rows[0])
+    names = hyperparameter_names(rows[0])
     header = ["rank", *names, "val_acc", "train_acc"]
     body = [
         [
             str(i + 1),
-            *(f"{r[n]:.3g}" if _is_number(r[n]) else str(r[n]) for n in names),
+            *(f"{r[n]:.3g}" if _checks.is_real(r[n]) else str(r[n]) for n in names),
             f"{r['val_acc']:.4f}",
-            f"{r['train_acc']:.4f}",
+            f"{r['train_acc']:.4f}" + ("  diverged" if r.get("diverged") else ""),
         ]
         for i, r in enumerate(rows)
     ]
     widths = [max(len(row[j]) for row in [header, *body]) for j in range(len(header))]
     return "\n".join(
-        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
+        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *body]
     )

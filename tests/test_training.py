@@ -11,30 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import toy_data, trees_equal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import purelearn as pl
-
-
-def toy_data(n=96, d=5, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    y = (np.argmax(x[:, :classes], axis=1)).astype(np.int32)
-    return jnp.asarray(x), jnp.asarray(y)
-
-
-def host_leaves(tree):
-    """Leaves as NumPy arrays, typed PRNG keys as their data."""
-    return [
-        np.asarray(
-            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
-        )
-        for x in jax.tree.leaves(tree)
-    ]
-
-
-def trees_equal(a, b):
-    return all(np.array_equal(u, v) for u, v in zip(host_leaves(a), host_leaves(b), strict=True))
 
 
 def fresh(model, opt, seed=0):
@@ -268,7 +250,7 @@ def test_early_stopping_state_machine():
 
 
 def test_early_stopping_min_mode_and_sticky_stop():
-    es = pl.EarlyStopping(patience=1, mode="min")
+    es = pl.EarlyStopping(patience=1, mode="min", monitor="loss")
     s = es.init()
     s = es.update(s, 1.0)
     s = es.update(s, 0.5)
@@ -296,7 +278,16 @@ def test_early_stopping_inside_a_while_loop():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"patience": 0}, {"patience": 1.5}, {"min_delta": -1.0}, {"mode": "up"}]
+    "kwargs",
+    [
+        {"patience": 0},
+        {"patience": 1.5},
+        {"min_delta": -1.0},
+        {"mode": "up"},
+        {"monitor": "val_acc"},
+        {"restore_best": "yes"},
+        {"patience": True},
+    ],
 )
 def test_early_stopping_bad_arguments(kwargs):
     with pytest.raises(ValueError, match=str(next(iter(kwargs.values())))):
@@ -321,26 +312,6 @@ def test_fit_stops_early():
 # -- checkpoints --------------------------------------------------------------------
 
 
-def test_checkpoint_round_trip_and_resume_is_bit_identical(tmp_path):
-    model = pl.mlp([5, 12, 3], batch_norm=True, dropout_rate=0.2)
-    opt = pl.adam(0.01)
-    x, y = toy_data(n=64)
-    step = pl.make_train_step(model, opt)
-    state = fresh(model, opt)
-    for _ in range(3):
-        state, _ = step(state, x, y)
-    path = tmp_path / "ckpt.msgpack"
-    pl.save_checkpoint(path, state)
-    loaded = pl.load_checkpoint(path, fresh(model, opt, seed=5))
-    assert trees_equal(loaded, state)
-    assert isinstance(loaded.opt_state, type(state.opt_state))
-    for _ in range(3):
-        state, m1 = step(state, x, y)
-        loaded, m2 = step(loaded, x, y)
-    assert trees_equal(loaded, state)
-    assert trees_equal(m1, m2)
-
-
 def test_fit_resumes_from_a_checkpoint_bit_identically(tmp_path):
     model, opt = pl.mlp([5, 8, 3], dropout_rate=0.2), pl.adam(0.01)
     data = toy_data(n=64)
@@ -352,51 +323,6 @@ def test_fit_resumes_from_a_checkpoint_bit_identically(tmp_path):
     rest, h_rest = pl.fit(model, opt, data, epochs=2, state=resumed, **kw)
     assert trees_equal(rest.params, full.params)
     assert h_half["step_loss"] + h_rest["step_loss"] == h_full["step_loss"]
-
-
-def test_checkpoint_corrupt_truncated_and_foreign_files(tmp_path):
-    model, opt = pl.mlp([5, 3]), pl.sgd()
-    state = fresh(model, opt)
-    path = tmp_path / "c"
-    pl.save_checkpoint(path, state)
-    good = path.read_bytes()
-    path.write_bytes(good[:-10])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        pl.load_checkpoint(path, state)
-    flipped = bytearray(good)
-    flipped[-5] ^= 0xFF
-    path.write_bytes(bytes(flipped))
-    with pytest.raises(ValueError, match="corrupt"):
-        pl.load_checkpoint(path, state)
-    path.write_bytes(b"hello world")
-    with pytest.raises(ValueError, match="not a purelearn checkpoint"):
-        pl.load_checkpoint(path, state)
-
-
-def test_checkpoint_structure_mismatch(tmp_path):
-    opt = pl.adam()
-    pl.save_checkpoint(tmp_path / "c", fresh(pl.mlp([5, 4, 3]), opt))
-    with pytest.raises(ValueError, match=r"float32\[4\] in the checkpoint but float32\[6\]"):
-        pl.load_checkpoint(tmp_path / "c", fresh(pl.mlp([5, 6, 3]), opt))
-    with pytest.raises(ValueError, match="like_state"):
-        pl.load_checkpoint(tmp_path / "c", fresh(pl.mlp([5, 4, 4, 3]), opt))
-
-
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    model, opt = pl.mlp([5, 3]), pl.sgd()
-    old = fresh(model, opt)
-    path = tmp_path / "c"
-    pl.save_checkpoint(path, old)
-    before = path.read_bytes()
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        pl.save_checkpoint(path, fresh(model, opt, seed=1))
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 # -- multi-device -------------------------------------------------------------------
@@ -558,3 +484,314 @@ def test_vmapped_runs_equal_single_runs():
             atol=1e-6,
         )
     assert not np.allclose(batched["loss"][0], batched["loss"][2])
+
+
+# -- one engine: seeds, resuming, callbacks, textbook sampling ---------------------
+
+
+def test_fit_leaves_the_callers_state_usable_and_resumes_without_a_key():
+    # Regression: fit(state=s) used to donate s, deleting the caller's arrays.
+    model, opt = pl.mlp([5, 8, 3]), pl.adam(0.01)
+    data = toy_data(n=64)
+    start, _ = pl.fit(model, opt, data, epochs=1, batch_size=16, key=3, progress=False)
+    before = jax.tree.map(np.asarray, start.params)
+    resumed, _ = pl.fit(model, opt, data, epochs=2, batch_size=16, state=start, progress=False)
+    assert not start.params[0]["w"].is_deleted()
+    assert trees_equal(start.params, before)
+    assert int(resumed.step) == int(start.step) + 8
+    again, _ = pl.fit(model, opt, data, epochs=2, batch_size=16, state=start, progress=False)
+    assert trees_equal(again, resumed)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(0), jax.random.key(0), jax.random.PRNGKey(0)])
+def test_every_key_argument_takes_an_int_seed(key):
+    model, opt = pl.mlp([5, 3]), pl.sgd(0.1)
+    data = toy_data(n=32)
+    ref, _ = pl.fit(
+        model, opt, data, epochs=1, batch_size=16, key=jax.random.key(0), progress=False
+    )
+    state, _ = pl.fit(model, opt, data, epochs=1, batch_size=16, key=key, progress=False)
+    run_state, _ = pl.train_run(model, opt, data, epochs=1, batch_size=16, key=key)
+    assert trees_equal(state.params, ref.params)
+    assert trees_equal(pl.TrainState.create(model, opt, key), pl.TrainState.create(model, opt, 0))
+    np.testing.assert_allclose(run_state.params[0]["w"], ref.params[0]["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("key", [True, 1.5, "0", None, jax.random.split(jax.random.key(0), 2)])
+def test_a_bad_key_is_named(key):
+    with pytest.raises(ValueError, match="key"):
+        pl.fit(pl.mlp([5, 3]), pl.sgd(), toy_data(n=32), epochs=1, batch_size=8, key=key)
+
+
+def test_fit_callback_sees_every_epoch_and_can_stop():
+    seen = []
+
+    def callback(epoch, state, history):
+        seen.append((epoch, int(state.step), len(history["loss"])))
+        return epoch == 2
+
+    _, history = pl.fit(
+        pl.mlp([5, 3]), pl.sgd(0.1), toy_data(n=32), epochs=10, batch_size=8, key=0,
+        callback=callback, progress=False,
+    )  # fmt: skip
+    assert seen == [(0, 4, 1), (1, 8, 2), (2, 12, 3)]
+    assert len(history["loss"]) == 3
+
+
+def test_random_sampling_is_the_textbooks_iteration_loop():
+    # sampling="random": every batch drawn with replacement from the shuffle stream
+    # (the textbook's np.random.choice(train_size, batch_size)), steps_per_epoch of them.
+    model, opt = pl.mlp([5, 8, 3]), pl.momentum(0.1)
+    x, y = toy_data(n=40)
+    _, curves = pl.train_run(
+        model, opt, (x, y), epochs=2, batch_size=16, steps_per_epoch=7, sampling="random", key=1
+    )
+    assert curves["step_loss"].shape == (2, 7)
+    step, state = pl.make_train_step(model, opt), pl.TrainState.create(model, opt, 1)
+    losses = []
+    for _ in range(2):
+        key = jax.random.fold_in(jax.random.split(state.key)[1], state.step)
+        idx = jax.random.randint(key, (7, 16), 0, 40)
+        assert len({tuple(r) for r in np.sort(np.asarray(idx), axis=1)}) == 7
+        for b in idx:
+            state, m = step(state, x[b], y[b])
+            losses.append(float(m["loss"]))
+    np.testing.assert_allclose(np.ravel(curves["step_loss"]), losses, rtol=1e-5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        pl.train_run(model, opt, (x, y), epochs=1, batch_size=8, steps_per_epoch=3, key=0)
+    with pytest.raises(ValueError, match="sampling"):
+        pl.train_run(model, opt, (x, y), epochs=1, batch_size=8, sampling="bootstrap", key=0)
+
+
+# -- early stopping: monitor, mode, restore_best --------------------------------------
+
+
+def test_min_mode_on_an_accuracy_is_refused():
+    # Regression: EarlyStopping(mode="min") was accepted while fit watched an accuracy,
+    # so it stopped runs that were improving.
+    with pytest.raises(ValueError, match="mode='min' contradicts"):
+        pl.EarlyStopping(mode="min")
+    with pytest.raises(ValueError, match="mode='max' contradicts"):
+        pl.EarlyStopping(mode="max", monitor="loss")
+    assert pl.EarlyStopping(monitor="loss").direction == "min"
+    assert pl.EarlyStopping().direction == "max"
+
+
+def test_monitoring_eval_accuracy_needs_eval_data():
+    es = pl.EarlyStopping(monitor="eval_accuracy")
+    with pytest.raises(ValueError, match="needs eval_data"):
+        pl.fit(pl.mlp([5, 3]), pl.sgd(), toy_data(n=32), epochs=2, batch_size=8, key=0,
+               early_stopping=es, progress=False)  # fmt: skip
+
+
+def test_early_stopping_on_the_loss_in_fit_and_train_run():
+    # A too-large rate makes the loss rise: "loss"/min stops early, as a loss watcher should.
+    model, opt = pl.mlp([5, 16, 3]), pl.sgd(0.05)
+    data = toy_data(n=64)
+    es = pl.EarlyStopping(patience=2, monitor="loss", min_delta=10.0)  # nothing improves by 10
+    _, history = pl.fit(model, opt, data, epochs=8, batch_size=16, key=0, early_stopping=es,
+                        progress=False)  # fmt: skip
+    assert len(history["loss"]) == 3
+    _, curves = pl.train_run(model, opt, data, epochs=8, batch_size=16, key=0, early_stopping=es)
+    assert curves["trained"].tolist() == [True] * 3 + [False] * 5
+    np.testing.assert_allclose(curves["loss"][:3], history["loss"], rtol=1e-5)
+
+
+def test_restore_best_returns_the_best_epochs_state():
+    model, opt = pl.mlp([5, 16, 3]), pl.sgd(2.0)  # large steps: the eval accuracy wanders
+    data, held_out = toy_data(n=64), toy_data(n=64, seed=7)
+    kw = {"epochs": 8, "batch_size": 16, "key": 0, "eval_data": held_out}
+    es = pl.EarlyStopping(patience=8, restore_best=True)
+    state, history = pl.fit(model, opt, data, early_stopping=es, progress=False, **kw)
+    best = int(np.argmax(history["eval_accuracy"]))
+    assert pl.evaluate(model, state, *held_out) == pytest.approx(max(history["eval_accuracy"]))
+    assert int(state.step) == (best + 1) * 4
+    run_state, _ = pl.train_run(model, opt, data, early_stopping=es, **kw)
+    assert int(run_state.step) == (best + 1) * 4
+    np.testing.assert_allclose(run_state.params[0]["w"], state.params[0]["w"], rtol=1e-5)
+    last, _ = pl.fit(model, opt, data, progress=False, **kw)
+    assert int(last.step) == 32
+
+
+class PythonEarlyStopping:
+    """The rule, written plainly: stop after `patience` epochs in a row without beating
+    the best by more than `min_delta` in the metric's direction (NaN never improves)."""
+
+    def __init__(self, patience, min_delta, sign):
+        self.patience, self.min_delta, self.sign = patience, min_delta, sign
+        self.best, self.wait, self.stop = -np.inf, 0, False
+
+    def update(self, metric):
+        value = self.sign * np.float32(metric)
+        if value - self.best > self.min_delta:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+        self.stop = self.stop or self.wait >= self.patience
+        return self.stop
+
+
+metric_lists = st.lists(
+    st.one_of(st.floats(0, 1, width=32), st.just(float("nan"))), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    metrics=metric_lists,
+    patience=st.integers(1, 4),
+    min_delta=st.sampled_from([0.0, 0.01, 0.2]),
+    monitor=st.sampled_from([None, "loss"]),
+)
+def test_early_stopping_matches_a_python_state_machine_eagerly_in_scan_and_vmap(
+    metrics, patience, min_delta, monitor
+):
+    es = pl.EarlyStopping(patience=patience, min_delta=min_delta, monitor=monitor)
+    ref = PythonEarlyStopping(patience, min_delta, 1 if es.direction == "max" else -1)
+    expected = [ref.update(m) for m in metrics]
+    s, eager = es.init(), []
+    for m in metrics:
+        s = es.update(s, m)
+        eager.append(bool(s.should_stop))
+    assert eager == expected
+    values = jnp.asarray(metrics, jnp.float32)
+    scan = lambda v: jax.lax.scan(  # noqa: E731
+        lambda c, m: (es.update(c, m), es.update(c, m).should_stop), es.init(), v
+    )[1]
+    assert jax.jit(scan)(values).tolist() == expected
+    stacked = jnp.stack([values, values[::-1]])
+    reverse = PythonEarlyStopping(patience, min_delta, ref.sign)
+    assert jax.vmap(scan)(stacked).tolist() == [
+        expected,
+        [reverse.update(m) for m in metrics[::-1]],
+    ]
+
+
+# -- bad input, named early ----------------------------------------------------------
+
+
+def test_labels_outside_the_classes_are_refused_before_training():
+    # Regression: labels 3 (or -1) for a 3-class model trained to a NaN loss silently.
+    model, opt = pl.mlp([5, 3]), pl.sgd()
+    x, y = toy_data(n=32)
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match=f"label {bad} is outside"):
+            pl.fit(model, opt, (x, y.at[5].set(bad)), epochs=1, batch_size=8, key=0)
+        with pytest.raises(ValueError, match=f"label {bad}"):
+            pl.train_run(model, opt, (x, y), eval_data=(x, y.at[0].set(bad)), epochs=1,
+                         batch_size=8, key=0)  # fmt: skip
+        with pytest.raises(ValueError, match=f"label {bad}"):
+            pl.evaluate(model, pl.TrainState.create(model, opt, 0), x, y.at[1].set(bad))
+    with pytest.raises(ValueError, match="integers"):
+        pl.fit(model, opt, (x, y.astype(jnp.float32)), epochs=1, batch_size=8, key=0)
+    with pytest.raises(ValueError, match="one-hot"):
+        pl.fit(model, opt, (x, jax.nn.one_hot(y, 4)), epochs=1, batch_size=8, key=0)
+    with pytest.raises(ValueError, match="cannot be applied"):
+        pl.fit(model, opt, (x[:, :4], y), epochs=1, batch_size=8, key=0)
+
+
+def test_evaluate_scores_a_diverged_model_zero_not_the_majority_share():
+    # Regression: argmax of NaN logits is class 0, so NaN params scored the class-0 share.
+    model, opt = pl.mlp([5, 3]), pl.sgd()
+    x, _ = toy_data(n=30)
+    y = jnp.zeros(30, jnp.int32)
+    state = pl.TrainState.create(model, opt, 0)
+    nan_state = state._replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+    assert pl.evaluate(model, nan_state, x, y) == 0.0
+    with pytest.raises(ValueError, match="batch_size"):
+        pl.evaluate(model, state, x, y, batch_size=-1)
+    with pytest.raises(ValueError, match="empty"):
+        pl.evaluate(model, state, x[:0], y[:0])
+
+
+def test_step_names_bad_inputs_instead_of_failing_deep_in_jax():
+    model, opt = pl.mlp([5, 3]), pl.sgd()
+    step = pl.make_train_step(model, opt)
+    x, y = toy_data(n=16)
+    with pytest.raises(ValueError, match="same number of examples"):
+        step(pl.TrainState.create(model, opt, 0), x, y[:-1])
+    with pytest.raises(ValueError, match="different optimizer"):
+        step(pl.TrainState.create(model, pl.adam(), 0), x, y)
+    with pytest.raises(ValueError, match="does not match the optimizer"):
+        pl.fit(model, opt, (x, y), epochs=1, batch_size=8,
+               state=pl.TrainState.create(model, pl.adam(), 0), progress=False)  # fmt: skip
+    for kwargs, match in (
+        ({"weight_decay": "a"}, "weight_decay"),
+        ({"weight_decay": 10**400}, "weight_decay"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            pl.make_train_step(model, opt, **kwargs)
+    with pytest.raises(ValueError, match="optimizer"):
+        pl.make_train_step(model, None)
+    with pytest.raises(ValueError, match="model"):
+        pl.make_train_step(lambda x: x, opt)
+    with pytest.raises(ValueError, match="early_stopping"):
+        pl.fit(model, opt, (x, y), epochs=1, batch_size=8, key=0, early_stopping="yes")
+    with pytest.raises(ValueError, match="fit needs a key"):
+        pl.fit(model, opt, (x, y), epochs=1, batch_size=8)
+
+
+def test_a_nan_batch_skipped_by_apply_if_finite_leaves_batch_norm_statistics_alone():
+    # Regression: optax.apply_if_finite skipped the parameter update on a NaN batch, but
+    # the running statistics still became NaN for good.
+    model = pl.mlp([5, 8, 3], batch_norm=True)
+    opt = optax.apply_if_finite(pl.sgd(0.1), max_consecutive_errors=5)
+    step = pl.make_train_step(model, opt)
+    x, y = toy_data(n=16)
+    state, _ = step(pl.TrainState.create(model, opt, 0), x, y)
+    before = jax.tree.map(np.asarray, (state.params, state.model_state))
+    state, metrics = step(state, x.at[3, 2].set(jnp.nan), y)
+    assert not np.isfinite(float(metrics["loss"]))
+    assert trees_equal((state.params, state.model_state), before)
+    state, _ = step(state, x, y)
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(state.model_state))
+
+
+# -- compile once ---------------------------------------------------------------------
+
+
+class CompileCounter:
+    """Counts jaxpr traces and backend compiles through jax.monitoring's public events."""
+
+    def __init__(self):
+        self.events = []
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, name, _duration, **_kwargs):
+        if name in ("/jax/core/compile/jaxpr_trace_duration",
+                    "/jax/core/compile/backend_compile_duration"):  # fmt: skip
+            self.events.append(name)
+
+    def count(self, fn):
+        self.events.clear()
+        fn()
+        return len(self.events)
+
+
+@pytest.fixture(scope="module")
+def compiles():
+    return CompileCounter()
+
+
+def test_a_second_identical_call_compiles_nothing(compiles):
+    model, data, held_out = pl.mlp([5, 8, 3], batch_norm=True), toy_data(n=64), toy_data(n=32)
+    es = pl.EarlyStopping(patience=2)
+    adam, momentum, sgd = pl.adam(0.01), pl.momentum(0.1), pl.sgd(0.1)
+    calls = {
+        "fit": lambda: pl.fit(model, adam, data, epochs=2, batch_size=16, key=0,
+                              eval_data=held_out, early_stopping=es, progress=False),
+        "train_run": lambda: pl.train_run(model, momentum, data, epochs=2, batch_size=16,
+                                          key=1, weight_decay=0.01),
+        "evaluate": lambda: pl.evaluate(model, pl.TrainState.create(model, sgd, 0), *data),
+        "step": lambda: pl.make_train_step(model, sgd)(
+            pl.TrainState.create(model, sgd, 0), *data),
+        "random_search": lambda: pl.random_search(
+            model, pl.sgd, data, held_out, space={"learning_rate": pl.log_uniform(1e-3, 1.0)},
+            num_trials=3, epochs=2, batch_size=16, key=0),
+    }  # fmt: skip
+    for name, call in calls.items():
+        compiles.count(call)
+        assert compiles.count(call) == 0, name
+    # another weight decay, key or data of the same shapes: still nothing new
+    assert compiles.count(lambda: pl.train_run(model, momentum, toy_data(n=64, seed=5),
+                          epochs=2, batch_size=16, key=9, weight_decay=0.5)) == 0  # fmt: skip

@@ -1,5 +1,6 @@
 """Hyperparameter search: distributions, random/grid/Bayesian search, chunking, early stopping."""
 
+import json
 import math
 
 import jax
@@ -7,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import purelearn as pl
 
@@ -92,7 +95,15 @@ def test_random_search_ranks_best_first_and_reports_curves(results):
             "val_acc_curve",
             "train_acc_curve",
             "loss_curve",
+            "diverged",
+            "history",
         }
+        assert r["diverged"] is False
+        # one vocabulary: the validation set is the eval set
+        assert set(r["history"]) == {"loss", "train_accuracy", "eval_accuracy"}
+        assert r["history"]["eval_accuracy"] == r["val_acc_curve"]
+        assert r["history"]["train_accuracy"] == r["train_acc_curve"]
+        assert r["history"]["loss"] == r["loss_curve"]
         assert type(r["learning_rate"]) is float and 1e-3 <= r["learning_rate"] <= 1.0
         assert 1e-6 <= r["weight_decay"] <= 1e-2
         assert r["val_acc"] == r["val_acc_curve"][-1]
@@ -498,3 +509,98 @@ def test_bayes_search_chunks_stops_and_restores_optunas_verbosity(data):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     assert len(out) == 5 and all(r["epochs_run"] == 2 for r in out)
     assert sorted(r["trial"] for r in out) == list(range(5))
+
+
+# -- one engine: static grids, collisions, divergence, the results type ---------------
+
+
+def test_grid_search_passes_bools_statically_and_equals_each_setting_alone(data):
+    # Regression: nesterov=[True, False] became floats and failed inside the trace.
+    grid = {"learning_rate": [0.05, 0.2], "momentum": [0.9], "nesterov": [True, False]}
+    out = pl.grid_search(MODEL, optax.sgd, *data, grid=grid, epochs=2, batch_size=BATCH, key=3)
+    assert len(out) == 4 and {r["nesterov"] for r in out} == {True, False}
+    assert all(type(r["nesterov"]) is bool for r in out)
+    keys = jax.random.split(jax.random.key(3), 4)
+    by_trial = {r["trial"]: r for r in out}
+    for i, (lr, nesterov) in enumerate([(0.05, True), (0.05, False), (0.2, True), (0.2, False)]):
+        row = by_trial[i]
+        assert (row["learning_rate"], row["nesterov"]) == (lr, nesterov)  # as given, not float32
+        _, alone = pl.train_run(
+            MODEL, optax.sgd(lr, momentum=0.9, nesterov=nesterov), data[0], epochs=2,
+            batch_size=BATCH, key=keys[i], eval_data=data[1],
+        )  # fmt: skip
+        np.testing.assert_allclose(row["loss_curve"], alone["loss"], rtol=1e-5)
+    assert by_trial[0]["loss_curve"] != by_trial[1]["loss_curve"]  # nesterov mattered
+    with pytest.raises(ValueError, match="1-D list"):
+        pl.grid_search(MODEL, optax.sgd, *data, grid={"learning_rate": [[0.1]]}, epochs=1,
+                       batch_size=BATCH, key=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["trial", "val_acc", "history", "diverged", "loss_curve"])
+def test_a_space_name_that_is_a_result_field_is_refused(data, name):
+    # Regression: with a **kwargs factory, {"trial": ...} silently overwrote the row's field.
+    def factory(learning_rate, **kwargs):
+        return pl.sgd(learning_rate)
+
+    space = {"learning_rate": pl.log_uniform(1e-3, 1.0), name: 0.5}
+    with pytest.raises(ValueError, match=f"{name!r}, which is also a field"):
+        pl.random_search(MODEL, factory, *data, space=space, num_trials=2, epochs=1,
+                         batch_size=BATCH, key=0)  # fmt: skip
+    with pytest.raises(ValueError, match="also a field"):
+        pl.grid_search(MODEL, factory, *data, grid={name: [0.1]}, epochs=1, batch_size=BATCH,
+                       key=0)  # fmt: skip
+
+
+def test_a_diverged_trial_ranks_last_and_is_marked(data):
+    # Regression: a trial whose loss went NaN could rank first (argmax of NaN logits is
+    # class 0, which scored the class-0 share of the validation set).
+    grid = {"learning_rate": [1e6, 0.1, 1e-4]}
+    out = pl.grid_search(MODEL, pl.sgd, *data, grid=grid, epochs=3, batch_size=BATCH, key=0)
+    assert [r["learning_rate"] for r in out][-1] == 1e6
+    assert out[-1]["diverged"] is True and not any(r["diverged"] for r in out[:-1])
+    assert out[-1]["val_acc"] == 0.0  # non-finite logits never count as correct
+    assert "diverged" in pl.top_k_table(out)
+    records = out.records()
+    json.dumps(records, allow_nan=False)  # NaN losses become None: valid JSON
+    assert records[-1]["loss_curve"][-1] is None
+    bayes = pl.bayes_search(
+        MODEL, pl.sgd, *data, space={"learning_rate": pl.log_uniform(1e5, 1e6)}, num_trials=2,
+        trials_per_batch=2, epochs=2, batch_size=BATCH, key=0,
+    )  # fmt: skip
+    assert all(r["diverged"] for r in bayes)
+
+
+def test_search_results_is_a_list_with_helpers(results):
+    assert isinstance(results, pl.SearchResults) and isinstance(results, list)
+    assert results.best is results[0]
+    top = results.top_k(2)
+    assert isinstance(top, pl.SearchResults) and top == results[:2]
+    assert results.table(3) == pl.top_k_table(results, 3)
+    assert results.hyperparameters() == ["learning_rate", "weight_decay"]
+    assert json.loads(json.dumps(results.records())) == [dict(r) for r in results]
+    with pytest.raises(ValueError, match="no results"):
+        _ = pl.SearchResults().best
+
+
+def test_search_early_stopping_may_watch_the_loss(data):
+    es = pl.EarlyStopping(patience=1, monitor="loss", min_delta=100.0)  # only epoch 1 improves
+    out = search(data, early_stopping=es)
+    assert all(r["epochs_run"] == 2 and r["history"]["trained"] == [True, True, False, False]
+               for r in out)  # fmt: skip
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(num_trials=st.integers(1, 7), max_parallel=st.integers(1, 8))
+def test_chunked_equals_unchunked_for_any_sizes(data, num_trials, max_parallel):
+    one = search(data, num_trials=num_trials, epochs=2, max_parallel=num_trials)
+    chunked = search(data, num_trials=num_trials, epochs=2, max_parallel=max_parallel)
+    assert [r["trial"] for r in chunked] == [r["trial"] for r in one] or all(
+        a["val_acc"] == b["val_acc"] for a, b in zip(chunked, one, strict=True)
+    )
+    by_trial = {r["trial"]: r for r in one}
+    for r in chunked:
+        np.testing.assert_allclose(r["loss_curve"], by_trial[r["trial"]]["loss_curve"], rtol=1e-5)
+        assert r["learning_rate"] == by_trial[r["trial"]]["learning_rate"]
