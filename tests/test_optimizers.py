@@ -3,11 +3,12 @@
 The optimizers are held against three things:
 
 * a NumPy reference written from the textbook's in-place classes (dicts of arrays
-  mutated by ``update(params, grads)``), with the rules of ``shared/DESIGN.md``
+  mutated by ``update(params, grads)``), with the module's documented rules
   where a note's code and its equations disagree (Nesterov's form, eps outside
   the root, Adam's bias-corrected paper form);
-* optax's own ``sgd``, ``sgd(momentum=)``, ``sgd(nesterov=True)``, ``adam`` and
-  ``adamw``;
+* optax's own ``sgd``, ``sgd(momentum=)``, ``sgd(nesterov=True)``,
+  ``rmsprop(eps_in_sqrt=False)``, ``adam`` and ``adamw``, in mixed precision and
+  on complex parameters too;
 * the optax wrappers they must compose with (``chain``, ``inject_hyperparams``,
   ``MultiSteps``, ``masked``, ``apply_if_finite``), under ``jit`` and without.
 
@@ -64,6 +65,11 @@ def _maybe_jit(fn: Callable, jit: bool) -> Callable:
 
 def _at(value: Any, count: int) -> float:
     return float(value(count)) if callable(value) else value
+
+
+def _abs2(g: np.ndarray) -> np.ndarray:
+    """|g|**2: g*g for real arrays (bit for bit), g*conj(g) for complex ones."""
+    return (g * np.conj(g)).real
 
 
 class SGD:
@@ -128,7 +134,7 @@ class AdaGrad:
             self.h = {key: np.zeros_like(val) for key, val in params.items()}
         lr, eps = _at(self.lr, self.iter), _at(self.eps, self.iter)
         for key in params.keys():
-            self.h[key] += grads[key] * grads[key]
+            self.h[key] += _abs2(grads[key])
             params[key] -= lr * grads[key] / (np.sqrt(self.h[key]) + eps)
         self.iter += 1
 
@@ -148,7 +154,7 @@ class RMSprop:
         eps = _at(self.eps, self.iter)
         for key in params.keys():
             self.h[key] *= d
-            self.h[key] += (1 - d) * grads[key] * grads[key]
+            self.h[key] += (1 - d) * _abs2(grads[key])
             params[key] -= lr * grads[key] / (np.sqrt(self.h[key]) + eps)
         self.iter += 1
 
@@ -174,7 +180,7 @@ class Adam:
 
     def _direction(self, key, grad, b1, b2, eps, t):
         self.m[key] += (1 - b1) * (grad - self.m[key])
-        self.v[key] += (1 - b2) * (grad**2 - self.v[key])
+        self.v[key] += (1 - b2) * (_abs2(grad) - self.v[key])
         m_hat = self.m[key] / (1 - b1**t)
         v_hat = self.v[key] / (1 - b2**t)
         return m_hat / (np.sqrt(v_hat) + eps)
@@ -551,6 +557,10 @@ OPTAX_CASES = {
         dict(learning_rate=0.02, momentum=0.8),
         lambda: optax.sgd(0.02, momentum=0.8, nesterov=True),
     ),
+    "rmsprop": (
+        dict(learning_rate=0.01, decay=0.9, eps=1e-6),
+        lambda: optax.rmsprop(0.01, decay=0.9, eps=1e-6, eps_in_sqrt=False),
+    ),
     "adam": (
         dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-6),
         lambda: optax.adam(0.01, b1=0.8, b2=0.99, eps=1e-6),
@@ -564,15 +574,30 @@ OPTAX_DEFAULTS = {
     "sgd": lambda: optax.sgd(0.01),
     "momentum": lambda: optax.sgd(0.01, momentum=0.9),
     "nesterov": lambda: optax.sgd(0.01, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: optax.rmsprop(0.01, decay=0.99, eps=1e-7, eps_in_sqrt=False),
     "adam": lambda: optax.adam(0.001),
     "adamw": lambda: optax.adamw(0.001, weight_decay=1e-4),
 }
-# Normwise float32 tolerances. sgd/adam/adamw use optax's operations in optax's
-# order (equal to a few ulp under jit: XLA may fuse pow differently in the two
-# programs); momentum/nesterov keep v = -lr * optax's trace, which rounds
+# Normwise float32 tolerances. sgd/rmsprop/adam/adamw use optax's operations in
+# optax's order (equal to a few ulp under jit: XLA may fuse pow differently in
+# the two programs); momentum/nesterov keep v = -lr * optax's trace, which rounds
 # differently, and a velocity can cancel to near zero.
-F32_TRAJECTORY_RTOL = {"sgd": 1e-7, "adam": 1e-6, "adamw": 1e-6, "momentum": 1e-5, "nesterov": 1e-5}
-F32_UPDATE_RTOL = {"sgd": 1e-7, "adam": 5e-7, "adamw": 5e-7, "momentum": 1e-5, "nesterov": 1e-5}
+F32_TRAJECTORY_RTOL = {
+    "sgd": 1e-7,
+    "rmsprop": 1e-6,
+    "adam": 1e-6,
+    "adamw": 1e-6,
+    "momentum": 1e-5,
+    "nesterov": 1e-5,
+}
+F32_UPDATE_RTOL = {
+    "sgd": 1e-7,
+    "rmsprop": 5e-7,
+    "adam": 5e-7,
+    "adamw": 5e-7,
+    "momentum": 1e-5,
+    "nesterov": 1e-5,
+}
 
 
 def _updates_deviation(ours, theirs, params, *, jit: bool, steps: int = 12) -> float:
@@ -1278,3 +1303,518 @@ def test_init_is_pure(name):
     assert_tree_equal(opt.init(params), opt.init(params))
     assert_tree_equal(params, snapshot)
     assert is_zero(opt.init(params))
+
+
+# =============================================================================
+# 11. Extra update arguments (value=loss for reduce_on_plateau, nnx.Optimizer)
+# =============================================================================
+
+
+@ALL
+def test_update_accepts_and_ignores_extra_arguments(name):
+    params = wrap_params()
+    opt = make(name)
+    assert isinstance(opt, optax.GradientTransformationExtraArgs)
+    g = random_grads(params, 1, seed=16)[0]
+    state = opt.init(params)
+    plain = opt.update(g, state, params)
+    assert_tree_equal(opt.update(g, state, params, value=jnp.float32(3.0), other="x"), plain)
+    update = jax.jit(opt.update)
+    assert_tree_equal(update(g, state, params, value=jnp.float32(3.0)), update(g, state, params))
+
+
+def test_chain_with_reduce_on_plateau_equals_optax():
+    # Adam at lr 0.3 on sum(w**2) soon rattles around 0: the loss plateaus and
+    # reduce_on_plateau halves the scale. The chain needs value= in update.
+    def loss(w):
+        return jnp.sum(w**2)
+
+    def run(adam):
+        opt = optax.chain(
+            adam(0.3),
+            optax.contrib.reduce_on_plateau(factor=0.5, patience=2, cooldown=0, rtol=0.1),
+        )
+
+        @jax.jit
+        def step(w, state):
+            value, g = jax.value_and_grad(loss)(w)
+            u, state = opt.update(g, state, w, value=value)
+            return optax.apply_updates(w, u), state
+
+        w = jnp.array([1.0, -2.0, 0.5])
+        state = opt.init(w)
+        for _ in range(40):
+            w, state = step(w, state)
+        return w, state
+
+    ours, ours_state = run(pl.adam)
+    theirs, theirs_state = run(optax.adam)
+    assert float(ours_state[1].scale) < 0.1  # the plateau was detected, several times
+    assert float(ours_state[1].scale) == float(theirs_state[1].scale)
+    assert_normwise_close(ours, theirs, rtol=1e-6)
+
+
+def test_flax_nnx_optimizer_passes_value():
+    nnx = pytest.importorskip("flax.nnx")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+    y = x @ jnp.array([[1.0], [-2.0], [0.5]])
+
+    def loss_fn(model):
+        return jnp.mean((model(x) - y) ** 2)
+
+    def train(tx):
+        model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        for _ in range(5):
+            loss, grads = nnx.value_and_grad(loss_fn)(model)
+            optimizer.update(model, grads, value=loss)
+        return model.kernel[...], model.bias[...], float(loss_fn(model))
+
+    ours, theirs = train(pl.adam(1e-2)), train(optax.adam(1e-2))
+    start = float(loss_fn(nnx.Linear(3, 1, rngs=nnx.Rngs(0))))
+    assert ours[2] < start
+    for a, b in zip(ours[:2], theirs[:2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_wrappers_forward_extra_arguments(name):
+    params = wrap_params()
+    g = random_grads(params, 1, seed=17)[0]
+    wrapped = [
+        optax.MultiSteps(make(name), every_k_schedule=1),
+        optax.apply_if_finite(make(name), max_consecutive_errors=2),
+        optax.masked(make(name), WRAP_MASK),
+        optax.inject_hyperparams(getattr(pl, name))(**KWARGS[name]),
+        optax.chain(optax.clip(1.0), make(name)),
+    ]
+    for opt in wrapped:
+        state = opt.init(params)
+        with_value, _ = jax.jit(opt.update)(g, state, params, value=jnp.float32(1.0))
+        assert_normwise_close(with_value, opt.update(g, state, params)[0], rtol=1e-6)
+        assert not is_zero(with_value)
+
+
+# =============================================================================
+# 12. Mixed precision: optax's dtype rules, float32 arithmetic for float16
+# =============================================================================
+
+OPTAX_TWINS = {
+    "sgd": lambda: optax.sgd(0.1),
+    "momentum": lambda: optax.sgd(0.1, momentum=0.9),
+    "nesterov": lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
+    "adagrad": lambda: optax.adagrad(0.1, initial_accumulator_value=0.0, eps=1e-7),
+    "rmsprop": lambda: optax.rmsprop(0.1, decay=0.9, eps=1e-6, eps_in_sqrt=False),
+    "adam": lambda: optax.adam(0.05, b1=0.8, b2=0.99),
+    "adamw": lambda: optax.adamw(0.05, weight_decay=0.1),
+}
+DTYPE_PAIRS = [  # (params, grads)
+    ("float32", "bfloat16"),
+    ("bfloat16", "float32"),
+    ("float32", "float16"),
+    ("float16", "float32"),
+    ("float16", "float16"),
+    ("bfloat16", "bfloat16"),
+]
+
+
+@ALL
+@pytest.mark.parametrize(("param_dtype", "grad_dtype"), DTYPE_PAIRS, ids=str)
+def test_update_dtype_is_optaxs_and_state_dtype_is_fixed(name, param_dtype, grad_dtype):
+    params = jax.tree.map(lambda x: x.astype(param_dtype), wrap_params())
+    grads = jax.tree.map(lambda x: jnp.ones(x.shape, grad_dtype), params)
+    ours, theirs = make(name), OPTAX_TWINS[name]()
+    state = ours.init(params)
+    u, new_state = jax.eval_shape(ours.update, grads, state, params)
+    u_theirs, _ = jax.eval_shape(theirs.update, grads, theirs.init(params), params)
+    assert [x.dtype for x in jax.tree.leaves(u)] == [x.dtype for x in jax.tree.leaves(u_theirs)]
+    _check_state(name, new_state, params, jnp.dtype(param_dtype))
+
+
+@pytest.mark.parametrize("mu_dtype", [None, "bfloat16"])
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_bfloat16_grads_float32_params_equal_optax_over_50_steps(name, mu_dtype):
+    rng = np.random.default_rng(18)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32), "b": jnp.zeros(5)}
+    grads_seq = [
+        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.bfloat16), params)
+        for _ in range(50)
+    ]
+    kwargs = {"learning_rate": 0.01, "mu_dtype": mu_dtype}
+    if name == "adamw":
+        kwargs["weight_decay"] = 0.1
+    out = []
+    for opt in (getattr(pl, name)(**kwargs), getattr(optax, name)(**kwargs)):
+        p, state, updates = apply_sequence(opt, params, grads_seq, jit=True)
+        assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+        out.append((p, updates, state))
+    (ours, ours_updates, state), (theirs, theirs_updates, _) = out
+    for a, b in zip(ours_updates, theirs_updates, strict=True):
+        assert_normwise_close(a, b, rtol=1e-6)
+    assert_normwise_close(ours, theirs, rtol=1e-6)
+    mu = jnp.dtype(mu_dtype or "float32")
+    assert all(x.dtype == mu for x in jax.tree.leaves(state.mu))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.nu))
+    # the bfloat16 rounding of the gradient terms is optax's: exact float32
+    # arithmetic on the same gradients would differ from both by ~1e-3
+    exact, _, _ = apply_sequence(
+        getattr(pl, name)(**kwargs),
+        params,
+        [jax.tree.map(lambda g: g.astype(jnp.float32), g) for g in grads_seq],
+        jit=True,
+    )
+    assert 1e-4 < deviation(exact, theirs)[0] < 1e-2
+
+
+def test_mu_dtype_is_validated_and_used():
+    for bad in ("int8", jnp.int32, bool, "nonsense", 3):
+        with pytest.raises(ValueError, match="mu_dtype"):
+            pl.adam(mu_dtype=bad)
+        with pytest.raises(ValueError, match="mu_dtype"):
+            pl.adamw(mu_dtype=bad)
+    opt = pl.adam(mu_dtype=jnp.bfloat16)
+    state = opt.init({"w": jnp.ones(3)})
+    assert state.mu["w"].dtype == jnp.bfloat16 and state.nu["w"].dtype == jnp.float32
+    injected = optax.inject_hyperparams(pl.adam, static_args=("mu_dtype",))(
+        learning_rate=0.1, mu_dtype=jnp.bfloat16
+    )
+    assert injected.init(jnp.ones(2)).inner_state.mu.dtype == jnp.bfloat16
+
+
+# float16 parameters and gradients: the arithmetic runs in float32, so the
+# update stays finite and within float16 rounding of a float32 computation,
+# where optax's float16 arithmetic gives NaN (eps = 1e-8 rounds to 0, 0/0) or
+# inf (a square past 256 overflows).
+F16_CASES = {
+    # name: (purelearn optimizer, optax's, largest |g|)
+    "adam": (lambda: pl.adam(), lambda: optax.adam(1e-3), 1000.0),
+    "rmsprop": (
+        lambda: pl.rmsprop(),
+        lambda: optax.rmsprop(0.01, decay=0.99, eps=1e-7, eps_in_sqrt=False),
+        1000.0,
+    ),
+    # the float16 accumulator itself overflows once the squares sum past 65504
+    "adagrad": (lambda: pl.adagrad(), lambda: optax.adagrad(0.01, 0.0, 1e-7), 60.0),
+}
+
+
+def _float32_reference_updates(name: str, grads: np.ndarray) -> np.ndarray:
+    """Default hyperparameters, one float32 NumPy array of parameters, per step."""
+    f32 = np.float32
+    m, h, out = np.zeros_like(grads[0]), np.zeros_like(grads[0]), []
+    for t, g in enumerate(grads, start=1):
+        if name == "adam":
+            b1, b2, eps, lr = f32(0.9), f32(0.999), f32(1e-8), f32(1e-3)
+            m = b1 * m + (1 - b1) * g
+            h = b2 * h + (1 - b2) * g * g
+            out.append(-lr * (m / (1 - b1**t)) / (np.sqrt(h / (1 - b2**t)) + eps))
+        elif name == "rmsprop":
+            h = f32(0.99) * h + f32(0.01) * g * g
+            out.append(-f32(0.01) * g / (np.sqrt(h) + f32(1e-7)))
+        else:
+            h = h + g * g
+            out.append(-f32(0.01) * g / (np.sqrt(h) + f32(1e-7)))
+    return np.stack(out)
+
+
+def _float16_gradients(largest: float, steps: int = 12, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(19)
+    magnitude = np.exp(rng.uniform(np.log(0.5), np.log(largest), size=(steps, size)))
+    grads = rng.choice([-1.0, 1.0], size=(steps, size)) * magnitude
+    grads[:, :8] = 0.0  # leaves whose gradient is always zero ...
+    grads[rng.random((steps, size)) < 0.2] = 0.0  # ... and zeros now and then
+    return grads.astype(np.float16)
+
+
+@pytest.mark.parametrize("name", sorted(F16_CASES))
+def test_float16_params_stay_finite_and_match_a_float32_reference(name):
+    ours_factory, optax_factory, largest = F16_CASES[name]
+    grads = _float16_gradients(largest)
+    assert np.abs(grads).max() > 256 or name == "adagrad"  # some squares overflow float16
+    expected = _float32_reference_updates(name, grads.astype(np.float32))
+
+    def updates_of(opt):
+        params = jnp.zeros(grads.shape[1], jnp.float16)
+        _, state, updates = apply_sequence(opt, params, list(jnp.asarray(grads)), jit=True)
+        return np.stack([np.asarray(u, np.float32) for u in updates]), updates, state
+
+    ours, raw, state = updates_of(ours_factory())
+    assert all(u.dtype == jnp.float16 for u in raw)
+    assert all(x.dtype == jnp.float16 for x in jax.tree.leaves(state[1:]))
+    assert np.isfinite(ours).all()
+    for t in range(len(grads)):  # update by update, normwise: a few float16 ulps
+        err = np.abs(ours[t] - expected[t]).max()
+        assert err <= 3e-3 * np.abs(expected[t]).max(), (t, err)
+    theirs, _, _ = updates_of(optax_factory())
+    if name != "adagrad":  # (optax.adagrad guards 0/0 with a where)
+        assert not np.isfinite(theirs).all()  # the failure this guards against
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "adagrad"])
+def test_float16_tiny_and_zero_gradients_first_step(name):
+    # g = 1e-5: g*g underflows float16 (and optax's eps 1e-8 is 0), so a float16
+    # computation divides by zero: -inf, and 0/0 = NaN for g = 0.
+    g = jnp.array([1e-5, 0.0, -3e-4, 2.0], jnp.float16)
+    params = jnp.ones(4, jnp.float16)
+    opt = getattr(pl, name)()
+    u, _ = jax.jit(opt.update)(g, opt.init(params), params)
+    assert u.dtype == jnp.float16
+    wide = getattr(pl, name)()
+    expected, _ = wide.update(
+        g.astype(jnp.float32), wide.init(params.astype(jnp.float32)), params.astype(jnp.float32)
+    )
+    np.testing.assert_allclose(np.asarray(u, np.float32), expected, rtol=2e-3, atol=1e-7)
+
+
+_F16_FIRST_STEPS = {
+    name: (jax.jit(getattr(pl, name)().update), getattr(pl, name)().init)
+    for name in ("adam", "rmsprop", "adagrad")
+}
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(
+    hnp.arrays(
+        np.float16,
+        (16,),
+        elements=st.floats(-1000, 1000, width=16, allow_nan=False, allow_infinity=False),
+    ),
+    st.sampled_from(sorted(_F16_FIRST_STEPS)),
+)
+def test_property_float16_first_step_is_the_float32_one_rounded(g, name):
+    # Any float16 gradient, zeros and subnormals included: the float16 update is
+    # the float32 computation rounded to float16 (never NaN or inf), up to one
+    # float16 ulp (the two programs may round their float32 steps differently).
+    update, init = _F16_FIRST_STEPS[name]
+    g16 = jnp.asarray(g)
+    u16, _ = update(g16, init(jnp.zeros(16, jnp.float16)))
+    u32, _ = update(g16.astype(jnp.float32), init(jnp.zeros(16, jnp.float32)))
+    assert u16.dtype == jnp.float16 and bool(jnp.isfinite(u16).all())
+    expected = np.asarray(u32.astype(jnp.float16), np.float32)
+    np.testing.assert_allclose(np.asarray(u16, np.float32), expected, rtol=2e-3, atol=6e-8)
+
+
+# =============================================================================
+# 13. Complex parameters: second moments of |g|**2
+# =============================================================================
+
+TARGET_Z = 0.3 - 0.7j
+Z0 = np.array([1.0 + 1.0j, -2.0 + 0.5j, 0.0 - 1.5j, 0.25 + 0.0j])
+
+
+def _complex_grad(z):
+    """The descent direction of |z - c|**2 for complex z: conj of jax.grad, 2 (z - c)."""
+    return 2 * (z - TARGET_Z)
+
+
+def test_complex_gradient_convention():
+    z = jnp.asarray(Z0, jnp.complex64)
+    jax_grad_z = jax.grad(lambda z: jnp.sum(jnp.abs(z - TARGET_Z) ** 2))(z)
+    np.testing.assert_allclose(jnp.conj(jax_grad_z), _complex_grad(z), rtol=1e-6)
+
+
+def _complex_path(opt, z0, steps: int = 40):
+    update = jax.jit(opt.update)
+    z, state = z0, opt.init(z0)
+    for _ in range(steps):
+        u, state = update(_complex_grad(z), state, z)
+        z = optax.apply_updates(z, u)
+    return z, state
+
+
+COMPLEX_TWINS = {
+    "sgd": (dict(learning_rate=0.1), lambda: optax.sgd(0.1)),
+    "momentum": (dict(learning_rate=0.05), lambda: optax.sgd(0.05, momentum=0.9)),
+    "nesterov": (dict(learning_rate=0.05), lambda: optax.sgd(0.05, momentum=0.9, nesterov=True)),
+    "rmsprop": (
+        dict(learning_rate=0.05, decay=0.9, eps=1e-6),
+        lambda: optax.rmsprop(0.05, decay=0.9, eps=1e-6, eps_in_sqrt=False),
+    ),
+    "adam": (dict(learning_rate=0.1), lambda: optax.adam(0.1)),
+    "adamw": (dict(learning_rate=0.1), lambda: optax.adamw(0.1, weight_decay=1e-4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPLEX_TWINS))
+def test_complex_trajectories_equal_optax(name):
+    kwargs, optax_factory = COMPLEX_TWINS[name]
+    z0 = jnp.asarray(Z0, jnp.complex64)
+    ours, state = _complex_path(getattr(pl, name)(**kwargs), z0)
+    theirs, _ = _complex_path(optax_factory(), z0)
+    assert ours.dtype == jnp.complex64
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    # a real descent towards the target (the comparison is about something)
+    assert np.abs(np.asarray(ours) - TARGET_Z).max() < 0.5 * np.abs(Z0 - TARGET_Z).max()
+    for buffer in jax.tree.leaves(state[1:]):
+        assert buffer.dtype == jnp.complex64
+    if name in ("rmsprop", "adam", "adamw"):  # second moments: real, >= 0
+        nu = state[-1]
+        assert np.all(np.asarray(nu).imag == 0) and np.all(np.asarray(nu).real > 0)
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam"])
+def test_complex_trajectories_equal_the_numpy_reference(name):
+    kwargs = {"adagrad": dict(learning_rate=0.3), "rmsprop": dict(learning_rate=0.05)}.get(
+        name, dict(learning_rate=0.1)
+    )
+    with jax.enable_x64(True):
+        z0 = jnp.asarray(Z0, jnp.complex128)
+        ours, _ = _complex_path(getattr(pl, name)(**kwargs), z0)
+        opt = getattr(pl, name)(**kwargs)
+        first, _ = opt.update(_complex_grad(z0), opt.init(z0), z0)
+    ref, z = reference(name, **kwargs), {"z": Z0.copy()}
+    for _ in range(40):
+        ref.update(z, {"z": _complex_grad(z["z"])})
+    np.testing.assert_allclose(np.asarray(ours), z["z"], rtol=1e-10, atol=1e-12)
+    assert np.abs(z["z"] - TARGET_Z).max() < 0.5 * np.abs(Z0 - TARGET_Z).max()
+    # By hand: the first step is -lr * g / |g| (over sqrt(1 - decay) for
+    # RMSProp), a step of length lr along each g. With g*g in place of |g|**2,
+    # sqrt(g*g) = +-g and the step would be real: -+lr.
+    g = _complex_grad(Z0)
+    gain = 1 / math.sqrt(1 - 0.99) if name == "rmsprop" else 1.0
+    expected = -kwargs["learning_rate"] * gain * g / np.abs(g)
+    np.testing.assert_allclose(np.asarray(first), expected, rtol=1e-6)
+
+
+# =============================================================================
+# 14. Integer and bool parameters are refused, naming the leaf
+# =============================================================================
+
+
+@ALL
+@pytest.mark.parametrize("dtype", ["int32", "int8", "uint8", "bool"])
+def test_integer_params_raise_naming_the_leaf(name, dtype):
+    params = {"w": jnp.ones(3), "layers": [jnp.ones(2), jnp.zeros(2, dtype)]}
+    opt = make(name)
+    pattern = rf"floating-point.*leaf \['layers'\]\[1\] of the parameters is {dtype}"
+    with pytest.raises(ValueError, match=pattern):
+        opt.init(params)
+    with pytest.raises(ValueError, match=pattern):
+        jax.jit(opt.init)(params)
+
+
+@ALL
+def test_integer_gradients_raise_naming_the_leaf(name):
+    params = {"w": jnp.ones(3), "n": jnp.ones(2)}
+    opt = make(name)
+    grads = {"w": jnp.ones(3), "n": jnp.ones(2, jnp.int32)}
+    with pytest.raises(ValueError, match=r"leaf \['n'\] of the updates.* is int32"):
+        opt.update(grads, opt.init(params), params)
+    with pytest.raises(ValueError, match=r"leaf \['n'\]"):
+        jax.jit(opt.update)(grads, opt.init(params), params)
+
+
+def test_integer_leaf_messages_for_python_scalars_and_the_root():
+    with pytest.raises(ValueError, match=r"leaf \['a'\]\[1\] of the parameters is int32"):
+        pl.sgd(0.1).init({"a": [1.0, 2]})  # a Python int
+    with pytest.raises(ValueError, match=r"leaf \(the root\) of the parameters is bool"):
+        pl.adam().init(jnp.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"leaf \['s'\] of the parameters is not an array"):
+        pl.adam().init({"s": "text"})
+    # before the fix, this was silently a no-op: int updates of 0.01 * g round to 0
+    with pytest.raises(ValueError, match="int32"):
+        pl.sgd(0.01).init(jnp.array([5, 7], jnp.int32))
+
+
+def test_python_number_leaves_still_work():
+    opt = pl.adamw(0.1, weight_decay=0.5)
+    params = {"a": 0.5, "b": [1.0]}
+    u, _ = opt.update({"a": 0.0, "b": [0.0]}, opt.init(params), params)
+    np.testing.assert_allclose(u["a"], -0.1 * 0.5 * 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_masked_out_integer_leaves_are_fine(name):
+    # optax.masked swaps the masked-out leaves for MaskedNode (no leaves): an
+    # integer step counter can ride along in the params tree.
+    params = {"w": jnp.array([1.0, -2.0]), "step": jnp.array(3, jnp.int32)}
+    mask = {"w": True, "step": False}
+    opt = optax.masked(make(name), mask)
+    grads = {"w": jnp.array([0.5, 0.5]), "step": jnp.array(0, jnp.int32)}
+    u, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    assert u["step"].dtype == jnp.int32 and int(u["step"]) == 0
+    plain = make(name)
+    expected, _ = plain.update(grads["w"], plain.init(params["w"]), params["w"])
+    np.testing.assert_allclose(u["w"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\['step'\]"):
+        optax.masked(make(name), {"w": True, "step": True}).init(params)
+
+
+# =============================================================================
+# 15. Hyperparameter validation (purelearn._checks)
+# =============================================================================
+
+
+@pytest.mark.parametrize(("name", "arg"), NAME_ARG)
+@pytest.mark.parametrize(
+    "bad",
+    [True, False, np.bool_(True), 10**400, -(10**400), np.array(-1.0), np.array(np.nan), None],
+    ids=["True", "False", "np-bool", "10**400", "-10**400", "0d-neg", "0d-nan", "None"],
+)
+def test_more_bad_numbers_raise_value_errors_naming_the_argument(name, arg, bad):
+    with pytest.raises(ValueError, match=rf"\b{re.escape(arg)}\b") as err:
+        getattr(pl, name)(**{arg: bad})
+    assert type(err.value) is ValueError  # not an OverflowError or TypeError
+
+
+@pytest.mark.parametrize(("name", "arg"), [(n, a) for n, a in NAME_ARG if a in BELOW_ONE])
+def test_zero_d_numpy_decay_rates_are_checked_like_numbers(name, arg):
+    assert isinstance(getattr(pl, name)(**{arg: np.array(0.5)}), optax.GradientTransformation)
+    with pytest.raises(ValueError, match=rf"{arg} must be in \[0, 1\), got array\(1\.5\)"):
+        getattr(pl, name)(**{arg: np.array(1.5)})
+
+
+def test_sgd_huge_learning_rate_is_a_value_error():
+    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+        pl.sgd(10**400)
+
+
+# =============================================================================
+# 16. Memoized constructors
+# =============================================================================
+
+
+@ALL
+def test_same_arguments_give_the_same_object(name):
+    assert make(name) is make(name)
+    assert getattr(pl, name)() is getattr(pl, name)()
+    assert make(name) is not make(name, learning_rate=0.125)
+
+
+def test_memo_keeps_types_apart_and_still_validates():
+    assert pl.adam(1e-3) is pl.adam(1e-3)
+    pl.sgd(1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        pl.sgd(True)  # equal to 1 and hashes like it, but refused
+    assert pl.sgd(1) is not pl.sgd(1.0)  # 1 and 1.0 are kept apart
+    with pytest.raises(ValueError, match="learning_rate"):
+        pl.sgd(np.float64("nan"))
+
+
+def test_unhashable_arguments_give_fresh_working_objects():
+    a, b = pl.sgd(jnp.asarray(0.5)), pl.sgd(jnp.asarray(0.5))
+    assert a is not b
+    u, _ = a.update(jnp.ones(2), a.init(jnp.ones(2)))
+    np.testing.assert_allclose(u, [-0.5, -0.5])
+    params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    opt = pl.adamw(0.1, weight_decay=0.5, mask={"w": True, "b": False})  # a dict: no memo
+    u, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    np.testing.assert_allclose(u["w"], [-0.05, -0.05], rtol=1e-6)
+    np.testing.assert_array_equal(u["b"], [0.0, 0.0])
+
+
+def test_a_second_identical_optimizer_hits_the_compile_cache():
+    traces = []
+
+    @partial(jax.jit, static_argnums=0)
+    def first_update(opt, params):
+        traces.append(1)
+        return opt.update(params, opt.init(params), params)[0]
+
+    params = jnp.ones(3)
+    first_update(pl.adam(2.5e-3), params)
+    first_update(pl.adam(2.5e-3), params)
+    assert len(traces) == 1
+    first_update(optax.adam(2.5e-3), params)
+    first_update(optax.adam(2.5e-3), params)
+    assert len(traces) == 3  # without a memo every new object re-traces
