@@ -3,6 +3,7 @@
 ``pl.from_flax`` turns the module into a Model; ``pl.fit`` trains it with a
 purelearn optimizer, keeping its ``batch_stats`` as the model state and
 feeding Dropout a fresh key every step. Run: ``python examples/flax_model.py``.
+For a flax NNX module see ``examples/nnx_model.py``.
 """
 
 import flax.linen as nn

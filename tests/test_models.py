@@ -1,10 +1,14 @@
 """Models: the textbook MLP and flax modules wrapped as Models."""
 
+import itertools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import purelearn as pl
 
@@ -97,6 +101,25 @@ def test_mlp_dropout_needs_key_and_varies_with_key():
         ({"sizes": [4, 3], "init": -0.1}, "-0.1"),
         ({"sizes": [4, 3], "dropout_rate": 1.0}, "dropout_rate"),
         ({"sizes": [4, 3], "dropout_rate": -0.2}, "dropout_rate"),
+        # issue 12 and the probes: each of these was accepted or failed late before
+        ({"sizes": [4, 3], "batch_norm": "no"}, "batch_norm.*'no'"),
+        ({"sizes": [4, 3], "batch_norm": 1}, "batch_norm"),
+        ({"sizes": [4, 3], "activation": 3}, "activation.*got 3"),
+        ({"sizes": [4, 3], "activation": lambda a, b: a}, "activation"),
+        ({"sizes": [4, 3], "activation": lambda a: a[:1]}, r"activation.*shape \(2, 3\)"),
+        ({"sizes": 5}, "sizes.*5"),
+        ({"sizes": None}, "sizes.*None"),
+        ({"sizes": "43"}, "sizes"),
+        ({"sizes": [4, 2.5, 3]}, r"sizes\[1\].*2.5"),
+        ({"sizes": [4, True, 3]}, r"sizes\[1\].*True"),
+        ({"sizes": [4, 3], "init": float("inf")}, "init.*inf"),
+        ({"sizes": [4, 3], "init": True}, "init.*True"),
+        ({"sizes": [4, 3], "init": [0.1]}, r"init.*\[0.1\]"),
+        ({"sizes": [4, 3], "init": lambda shape: jnp.zeros(shape)}, "init"),
+        ({"sizes": [4, 3], "init": lambda k, s, d=None: jnp.zeros((2, 2))}, r"\(4, 3\).*\(2, 2\)"),
+        ({"sizes": [4, 3], "dropout_rate": True}, "dropout_rate.*True"),
+        ({"sizes": [4, 3], "dropout_rate": float("nan")}, "dropout_rate.*nan"),
+        ({"sizes": [4, 3], "dropout_rate": "0.5"}, "dropout_rate"),
     ],
 )
 def test_mlp_bad_arguments(kwargs, match):
@@ -143,3 +166,152 @@ def test_from_flax_deterministic_flag_and_stateless_module():
     train_out, _ = model.apply(params, state, x, train=True, key=jax.random.key(0))
     eval_out, _ = model.apply(params, state, x, train=False)
     assert np.any(np.asarray(train_out) == 0) and not np.any(np.asarray(eval_out) == 0)
+
+
+def test_mlp_takes_numpy_scalars_like_numbers():
+    model = pl.mlp(
+        [np.array(4), np.int64(8), 3],
+        dropout_rate=np.array(0.5),
+        init=np.array(0.01),
+        batch_norm=np.bool_(False),
+    )
+    assert model is pl.mlp([4, 8, 3], dropout_rate=0.5, init=0.01)
+    params, _ = model.init(jax.random.key(0))
+    assert params[0]["w"].shape == (4, 8)
+    assert (
+        abs(float(jnp.std(pl.mlp([400, 300], init=np.float32(0.1)).init(0)[0][0]["w"])) - 0.1)
+        < 0.01
+    )
+    assert pl.mlp(np.array([4, 8, 3])) is pl.mlp([4, 8, 3])
+
+
+def test_mlp_is_memoized_on_its_settings():
+    assert pl.mlp([4, 8, 3]) is pl.mlp([4, 8, 3]) is pl.mlp((4, 8, 3))
+    assert pl.mlp([4, 8, 3], activation="ReLU", init="relu") is pl.mlp([4, 8, 3])
+    assert pl.mlp([4, 8, 3], dropout_rate=0) is pl.mlp([4, 8, 3], dropout_rate=0.0)
+    assert pl.mlp([4, 8, 3], batch_norm=True) is not pl.mlp([4, 8, 3])
+    assert pl.mlp([4, 8, 3], init=0.01) is not pl.mlp([4, 8, 3], init=0.02)
+    assert pl.mlp([4, 8, 3], activation=jax.nn.softplus) is pl.mlp(
+        [4, 8, 3], activation=jax.nn.softplus
+    )
+    assert pl.mlp([4, 8, 3], activation=lambda a: a) is not pl.mlp(
+        [4, 8, 3], activation=lambda a: a
+    )
+
+
+@pytest.mark.slow
+def test_a_second_identical_fit_compiles_nothing():
+    events = []
+
+    def record(name, _duration, **_kwargs):
+        if name in ("/jax/core/compile/jaxpr_trace_duration",
+                    "/jax/core/compile/backend_compile_duration"):  # fmt: skip
+            events.append(name)
+
+    x = jax.random.normal(jax.random.key(1), (32, 4))
+    y = (x[:, 0] > 0).astype(jnp.int32)
+
+    def run():
+        # a new list every time: the memo, not the caller, makes the model the same
+        model = pl.mlp([4, 8, 2], batch_norm=True, dropout_rate=0.1)
+        pl.fit(model, pl.sgd(0.1), (x, y), epochs=1, batch_size=16, key=0, progress=False)
+
+    run()
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(record)
+    assert events == []
+
+
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    extra=st.integers(1, 3),
+    seed=st.integers(0, 2**31),
+)
+def test_mlp_shapes_and_feature_check_for_any_sizes(sizes, extra, seed):
+    model = pl.mlp(sizes)
+    assert model is pl.mlp(tuple(sizes))
+    params, _ = model.init(seed)
+    assert [p["w"].shape for p in params] == list(itertools.pairwise(sizes))
+    same, _ = model.init(jax.random.key(seed))  # an int seed is that key
+    np.testing.assert_array_equal(params[0]["w"], same[0]["w"])
+    logits, _ = model.apply(params, [], jnp.ones((2, sizes[0])), train=False)
+    assert logits.shape == (2, sizes[-1])
+    bad = sizes[0] + extra
+    with pytest.raises(ValueError, match=f"x has {bad} features.*takes {sizes[0]}"):
+        model.apply(params, [], jnp.ones((2, bad)), train=False)
+
+
+def test_mlp_apply_checks_its_arguments():
+    model = pl.mlp([4, 8, 3], batch_norm=True, dropout_rate=0.5)
+    params, state = model.init(0)
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match=r"expected weight shapes \[\(4, 8\), \(8, 3\)\]"):
+        model.apply(pl.mlp([4, 5, 3]).init(0)[0], state, x, train=False)
+    with pytest.raises(ValueError, match="model_state must hold 1 BatchNormStats"):
+        model.apply(params, [], x, train=True, key=0)
+    with pytest.raises(ValueError, match=r"train.*'yes'"):
+        model.apply(params, state, x, train="yes", key=0)
+    with pytest.raises(ValueError, match=r"key.*'a'"):
+        model.apply(params, state, x, train=True, key="a")
+    with pytest.raises(ValueError, match="batch axis"):
+        model.apply(params, state, jnp.ones(()), train=False)
+    with pytest.raises(ValueError, match="key"):
+        model.init(None)
+    # an int seed is the key it names; a list of inputs is an array
+    a, _ = model.apply(params, state, x, train=True, key=3)
+    b, _ = model.apply(params, state, x, train=True, key=jax.random.key(3))
+    np.testing.assert_array_equal(a, b)
+    c, _ = model.apply(params, state, [[1.0] * 4] * 2, train=False)
+    np.testing.assert_array_equal(c, model.apply(params, state, x, train=False)[0])
+
+
+class Lin(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        return nn.Dense(2)(nn.Dropout(0.5, deterministic=not train)(nn.Dense(8)(x)))
+
+
+class NoCall(nn.Module):
+    def setup(self):
+        self.dense = nn.Dense(2)
+
+
+@pytest.mark.parametrize(
+    "module, sample, match",
+    [
+        (Lin, jnp.ones((1, 4)), "class Lin.*Lin\\(...\\)"),
+        (NoCall(), jnp.ones((1, 4)), "NoCall has no __call__"),
+        (nn.Sequential([lambda x: x.reshape(-1, 2, 2), nn.Dense(2)]), jnp.ones((1, 3)),
+         r"sample_input of shape \(1, 3\)"),
+        (Lin(), None, "sample_input.*None"),
+        (Lin(), "abc", "sample_input.*'abc'"),
+        (Lin(), 1.0, "batch axis"),
+        (3, jnp.ones((1, 4)), "got int"),
+        (lambda x: x, jnp.ones((1, 4)), "returned"),
+    ],
+)  # fmt: skip
+def test_from_flax_refuses_bad_arguments_when_wrapping(module, sample, match):
+    with pytest.raises(ValueError, match=match):
+        pl.from_flax(module, sample)
+
+
+def test_from_flax_linen_apply_errors_and_seeds():
+    model = pl.from_flax(Lin(), jnp.ones((1, 4)))
+    params, state = model.init(0)
+    x = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match=r"x of shape \(3, 5\).*sample_input of shape \(1, 4\)"):
+        model.apply(params, state, jnp.ones((3, 5)), train=False)
+    with pytest.raises(ValueError, match="needs a key"):
+        model.apply(params, state, x, train=True)
+    with pytest.raises(ValueError, match="train"):
+        model.apply(params, state, x, train="yes", key=0)
+    a, _ = model.apply(params, state, x, train=True, key=7)
+    b, _ = model.apply(params, state, x, train=True, key=jax.random.key(7))
+    np.testing.assert_array_equal(a, b)
+    p0, _ = model.init(jax.random.key(0))
+    assert jax.tree.all(jax.tree.map(np.array_equal, params, p0))
