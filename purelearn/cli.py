@@ -1,10 +1,18 @@
 """The ``purelearn`` command: run the chapter's experiments, write numbers and figures.
 
     purelearn {paths,optimizers,activations,init,batchnorm,weight-decay,dropout,search,tour}
-              [--out DIR] [--seed N] [--data auto|embedded|DIR] [--quick]
+              [--out DIR] [--seed N] [--data auto|embedded|DIR] [--quick] [--no-compile-cache]
 
 Each experiment writes ``DIR/<name>.json`` and ``DIR/<name>.png``; ``tour``
 runs all eight and writes ``DIR/report.html``.
+
+Every mistake on the command line (an unknown experiment, a seed outside
+``[0, 2**32 - 1]``, an ``--out`` that is a file or cannot be written, a
+``--data`` directory without valid MNIST IDX files) is reported on one line
+of standard error, ``purelearn: error: ...``, with exit status 2, before any
+experiment runs. Compiled programs are kept in JAX's persistent compilation
+cache (``$PURELEARN_COMPILE_CACHE``, else ``~/.cache/purelearn/jax``), so a
+second run skips most compiling; ``--no-compile-cache`` turns it off.
 """
 
 from __future__ import annotations
@@ -12,15 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm.auto import tqdm
 
 from purelearn.experiments import EXPERIMENTS
 
-__all__ = ["main", "run_experiment"]
+__all__ = ["main", "run_experiment", "MAX_SEED"]
+
+#: The largest seed: ``jax.random.key`` (without x64) keeps only a seed's low
+#: 32 bits, so ``2**32`` would silently repeat seed 0.
+MAX_SEED = 2**32 - 1
+
+#: ``--data`` values that are not directories.
+_DATA_KEYWORDS = ("auto", "embedded")
 
 
 def run_experiment(name: str, out: Path, *, seed: int, data: str, quick: bool) -> dict:
@@ -34,8 +51,31 @@ def run_experiment(name: str, out: Path, *, seed: int, data: str, quick: bool) -
     return result
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but every error is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see {self.prog} --help)")
+
+
+def _fail(message: str) -> NoReturn:
+    # One line, whatever the message holds (an OS error may carry a newline).
+    print(f"purelearn: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1] = [0, {MAX_SEED}], got {seed}")
+    return seed
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="purelearn",
         description="Reproduce the experiments of the textbook's chapter on training techniques.",
     )
@@ -48,26 +88,82 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("purelearn-out"),
-        help="output directory (default: ./purelearn-out)",
+        help="output directory, created if missing (default: ./purelearn-out)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help=f"random seed, an integer in [0, {MAX_SEED}] (what jax.random.key tells "
+        "apart; default: 0)",
+    )
     parser.add_argument(
         "--data",
         default="auto",
         help="'auto' (full MNIST if cached, else the embedded sample), "
-        "'embedded', or a directory of MNIST IDX files",
+        "'embedded', or a directory of MNIST IDX files (checked before any experiment)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="shrink every experiment to a smoke test"
     )
+    parser.add_argument(
+        "--no-compile-cache",
+        dest="compile_cache",
+        action="store_false",
+        help="do not use JAX's persistent compilation cache "
+        "($PURELEARN_COMPILE_CACHE, else ~/.cache/purelearn/jax)",
+    )
     return parser
 
 
+def _check_out(out: Path) -> None:
+    """Create ``out`` and a probe file in it, so an unwritable place fails now."""
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} is an existing file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".purelearn-probe-"):
+            pass
+    except OSError as err:
+        _fail(f"--out {str(out)!r} is not a writable directory: {err.strerror or err}")
+
+
+def _check_data(data: str) -> None:
+    """Load a ``--data`` directory once, so missing or corrupt IDX files fail now."""
+    if data in _DATA_KEYWORDS:
+        return
+    if not Path(data).is_dir():
+        _fail(f"--data {data!r} is neither 'auto', 'embedded' nor an existing directory")
+    from purelearn.datasets import load_mnist
+
+    try:
+        load_mnist(data)
+    except (ValueError, OSError) as err:
+        _fail(f"--data {data!r}: {err}")
+
+
+def _enable_compile_cache() -> None:
+    from purelearn._cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except OSError as err:  # an unwritable $PURELEARN_COMPILE_CACHE: run without it
+        print(f"purelearn: warning: no compilation cache: {err}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return 0 on success.
+
+    A mistake on the command line prints one line to standard error and
+    raises ``SystemExit(2)`` before any experiment runs.
+    """
     args = _parser().parse_args(argv)
+    _check_data(args.data)  # first: a failed command leaves no --out directory behind
+    _check_out(args.out)
+    if args.compile_cache:
+        _enable_compile_cache()
     from purelearn import plotting
 
-    args.out.mkdir(parents=True, exist_ok=True)
     names = list(EXPERIMENTS) if args.experiment == "tour" else [args.experiment]
     results = {}
     start = time.perf_counter()

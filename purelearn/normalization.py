@@ -33,15 +33,20 @@ scale and bias gradients, so the backward pass makes fewer passes over memory:
 count against plain autodiff and flax. Being JVPs, the rules also serve
 forward mode, ``jax.hessian`` and higher orders.
 
-Bad Python-number arguments (negative or NaN ``eps``, ``momentum`` outside
-[0, 1]) raise ``ValueError`` before anything is traced.
+Inputs: ``x`` is a floating-point array, or an integer one (uint8 images),
+which is standardized in float32 (float64 under x64) and comes back in that
+dtype. Bad arguments raise ``ValueError`` naming the argument and the value,
+at the call, before anything is traced: a number out of range (negative or
+NaN ``eps``, ``momentum`` outside [0, 1], plain or as a 0-d NumPy array), an
+axis that is not an int, out of range or named twice, a scale, bias or
+running statistic whose shape fits neither the features nor the input,
+integer running statistics (their averages would be rounded), and an empty
+batch in training (whose NaN mean would enter the running statistics).
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -50,6 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+
+from purelearn._checks import axes, boolean, is_traced, nonnegative_int, positive_int, scalar
 
 __all__ = [
     "BatchNormStats",
@@ -88,63 +95,122 @@ class BatchNormStats(NamedTuple):
           >>> stats.mean, stats.var
           (Array([0., 0., 0.], dtype=float32), Array([1., 1., 1.], dtype=float32))
         """
-        return cls(jnp.zeros(num_features, dtype), jnp.ones(num_features, dtype))
+        if np.ndim(num_features) == 0:
+            shape: tuple[int, ...] = (nonnegative_int("num_features", num_features),)
+        else:
+            shape = tuple(nonnegative_int("num_features", n) for n in num_features)
+        try:
+            floating = jnp.issubdtype(dtype, jnp.floating)
+        except TypeError:
+            floating = False
+        if not floating:
+            # Running averages in an integer dtype would be rounded at every update.
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype!r}")
+        return cls(jnp.zeros(shape, dtype), jnp.ones(shape, dtype))
 
 
 # -- argument checks (before tracing) -----------------------------------------
 
 
-def _is_traced_or_array(value: Any) -> bool:
-    return isinstance(value, (jax.Array, jax.core.Tracer, np.ndarray))
-
-
-def _check_number(name: str, value: Any, *, upper: float | None = None) -> None:
-    """Reject a bad Python number: not real, NaN or infinite, negative, or above
-    ``upper``. Arrays pass unchecked (they may be traced, e.g. under ``vmap``)."""
-    if _is_traced_or_array(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (upper is not None and v > upper):
-        bounds = f"in [0, {upper:g}]" if upper is not None else "finite and >= 0"
-        raise ValueError(f"{name} must be {bounds}, got {value!r}")
-
-
-def _check_bool(name: str, value: Any) -> bool:
+def _train_flag(value: Any) -> bool:
     # A traced flag would need lax.cond over two different statistics and a
     # state update; jit with static_argnames=("train",) instead.
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(
-        f"{name} must be a Python bool (static under jit: use "
-        f"jax.jit(f, static_argnames={name!r})), got {value!r}"
-    )
+    if is_traced(value):
+        raise TypeError(
+            "train must be a Python bool (static under jit: use "
+            f"jax.jit(f, static_argnames='train')), got {value!r}"
+        )
+    return boolean("train", value)
 
 
-def _axes(ndim: int, axis: Axes, name: str) -> tuple[int, ...]:
-    """Sorted, non-negative, distinct axes; ValueError if out of range."""
-    raw = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
-    out = []
-    for a in raw:
-        if isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -ndim <= a < ndim:
-            raise ValueError(f"{name}={axis!r} is out of range for an input of rank {ndim}")
-        out.append(int(a) % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name}={axis!r} names an axis twice")
-    return tuple(sorted(out))
+def _as_input(x: Any) -> jax.Array:
+    """``x`` as a real array: floats as they are, integers (uint8 images) as float32.
+
+    Integers are promoted as ``jnp.mean`` promotes them (float64 under x64):
+    standardized values are fractions, so no integer output could hold them.
+    """
+    if not isinstance(x, jax.Array | jax.core.Tracer):
+        try:
+            x = jnp.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"x must be an array of real numbers, got {x!r:.80}") from err
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return x.astype(jnp.result_type(float))
+    raise ValueError(f"x must be a floating-point or integer array, got dtype {x.dtype}")
+
+
+def _as_param(p: Any, name: str, x_shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
+    """``p`` as a real array that :func:`_param` can lay along ``axes`` of ``x``, or ``None``.
+
+    Checked here, at the call, so a wrong shape is a ``ValueError`` naming
+    both shapes before anything is traced.
+    """
+    if p is None:
+        return None
+    if not isinstance(p, jax.Array | jax.core.Tracer):
+        try:
+            p = jnp.asarray(p)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be an array of real numbers, got {p!r:.80}") from err
+    if not (jnp.issubdtype(p.dtype, jnp.floating) or jnp.issubdtype(p.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be a real (float or integer) array, got dtype {p.dtype}")
+    _layout(p.shape, name, x_shape, axes)
+    return p
+
+
+def _layout(
+    shape: tuple[int, ...], name: str, x_shape: tuple[int, ...], axes: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The shape that lays a parameter along ``axes`` of ``x``; ``None`` when it
+    broadcasts against ``x`` as it is; a ``ValueError`` naming both shapes otherwise."""
+    along = tuple(x_shape[a] for a in axes)
+    if tuple(shape) == along:
+        return tuple(x_shape[a] if a in axes else 1 for a in range(len(x_shape)))
+    try:
+        fits = jnp.broadcast_shapes(tuple(shape), x_shape) == tuple(x_shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(shape)} fits neither the normalized features {along} "
+            f"nor, by broadcasting, the input {tuple(x_shape)}"
+        )
+    return None
+
+
+def _as_stats(stats: Any) -> BatchNormStats:
+    """A :class:`BatchNormStats` of floating-point arrays from any of its accepted forms."""
+    if isinstance(stats, Mapping):  # flax's batch_stats: {"mean": ..., "var": ...}
+        if set(stats) != {"mean", "var"}:
+            raise ValueError(f"stats as a dict must have keys 'mean' and 'var', got {list(stats)}")
+        stats = BatchNormStats(stats["mean"], stats["var"])
+    elif not isinstance(stats, BatchNormStats):
+        if not isinstance(stats, tuple | list) or len(stats) != 2:
+            raise ValueError(
+                f"stats must be BatchNormStats (mean, var), a pair or flax's "
+                f"{{'mean', 'var'}} dict, got {stats!r:.80}"
+            )
+        stats = BatchNormStats(*stats)
+    for field, value in zip(stats._fields, stats, strict=True):
+        dtype = getattr(value, "dtype", None)
+        if dtype is None:
+            try:
+                dtype = np.asarray(value).dtype
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"stats.{field} must be an array, got {value!r:.80}") from err
+        if not jnp.issubdtype(dtype, jnp.floating):
+            # An integer running average would be rounded at every update.
+            raise ValueError(
+                f"stats.{field} must be a floating-point array, got {value!r:.80} of dtype {dtype}"
+            )
+    return stats
 
 
 def _compute_dtype(dtype: Any) -> Any:
     # At least float32: half-precision sums of many squares lose everything.
     return jnp.promote_types(dtype, jnp.float32)
-
-
-def _as_input(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"normalization needs a floating-point input, got dtype {x.dtype}")
-    return x
 
 
 # -- the standardization and its derivative -----------------------------------
@@ -307,7 +373,7 @@ _standardize_affine.defjvp(_standardize_affine_jvp, symbolic_zeros=True)
 def _param(
     p: Any, name: str, x_shape: tuple[int, ...], axes: tuple[int, ...], dtype: Any
 ) -> jax.Array | None:
-    """Lay a scale or bias along ``axes`` of ``x``.
+    """Lay a scale or bias along ``axes`` of ``x`` (see :func:`_layout`), in ``dtype``.
 
     A parameter shaped ``[x.shape[a] for a in axes]`` is placed on those axes;
     any other shape must broadcast against ``x`` by NumPy's rules.
@@ -315,22 +381,8 @@ def _param(
     if p is None:
         return None
     p = jnp.asarray(p)
-    along = tuple(x_shape[a] for a in axes)
-    if p.shape == along:
-        shape = [1] * len(x_shape)
-        for a in axes:
-            shape[a] = x_shape[a]
-        return p.reshape(shape).astype(dtype)
-    try:
-        fits = jnp.broadcast_shapes(p.shape, x_shape) == tuple(x_shape)
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"{name} of shape {p.shape} fits neither the normalized features {along} "
-            f"nor, by broadcasting, the input {tuple(x_shape)}"
-        )
-    return p.astype(dtype)
+    shape = _layout(p.shape, name, x_shape, axes)
+    return (p if shape is None else p.reshape(shape)).astype(dtype)
 
 
 # -- jitted kernels ---------------------------------------------------------------
@@ -419,14 +471,16 @@ def batch_norm(
     the textbook's 0.9) and ``use_fast_variance=False``.
 
     Args:
-      x: input, e.g. ``(N, D)`` or ``(N, H, W, C)``.
+      x: input, e.g. ``(N, D)`` or ``(N, H, W, C)``; in training it must hold
+        at least one element per feature (an empty batch is a ``ValueError``).
       scale: ``gamma``, shaped like the feature axes, or ``None`` for none.
       bias: ``beta``, same shape, or ``None`` for none.
       stats: the running :class:`BatchNormStats` (a ``(mean, var)`` pair or
         flax's ``{"mean": ..., "var": ...}`` also works; the new statistics
         come back as :class:`BatchNormStats`).
       train: a Python bool; under ``jit`` make it static.
-      momentum: running-average decay in [0, 1].
+      momentum: running-average decay in [0, 1] (a number, or a 0-d array,
+        e.g. traced under ``vmap``).
       eps: added to the variance, >= 0.
       axis: the feature axis or axes; every other axis is reduced.
       axis_name: a ``shard_map``/``pmap``/``vmap`` axis name to average the
@@ -434,7 +488,8 @@ def batch_norm(
         sharded across devices this is not needed: the means are already global.
 
     Returns:
-      ``(y, new_stats)``: ``y`` in ``x``'s dtype; statistics in ``stats``'s dtype.
+      ``(y, new_stats)``: ``y`` in ``x``'s dtype (float32 for integer ``x``);
+      statistics in ``stats``'s dtype.
 
     Example:
       >>> import jax.numpy as jnp, purelearn as pl
@@ -446,20 +501,23 @@ def batch_norm(
       >>> stats.mean, stats.var  # 0.9 * (0, 1) + 0.1 * batch statistics
       (Array([0.2, 2. ], dtype=float32), Array([ 1. , 10.9], dtype=float32))
     """
-    train = _check_bool("train", train)
-    if isinstance(stats, Mapping):  # flax's batch_stats: {"mean": ..., "var": ...}
-        stats = BatchNormStats(stats["mean"], stats["var"])
-    elif not isinstance(stats, BatchNormStats):
-        stats = BatchNormStats(*stats)
-    _check_number("momentum", momentum, upper=1.0)
-    _check_number("eps", eps)
+    train = _train_flag(train)
+    stats = _as_stats(stats)
+    momentum = scalar("momentum", momentum, low=0.0, high=1.0)
+    eps = scalar("eps", eps, low=0.0)
     x = _as_input(x)
-    features = _axes(x.ndim, axis, "axis")
+    features = axes("axis", axis, x.ndim)
     reduced = tuple(i for i in range(x.ndim) if i not in features)
     if not reduced:
         raise ValueError(
             f"batch_norm has nothing to average over: axis={axis!r} covers every axis "
             f"of an input of shape {x.shape}"
+        )
+    if train and any(x.shape[i] == 0 for i in reduced):
+        # The mean of nothing is NaN, and it would be written into the running statistics.
+        raise ValueError(
+            f"batch_norm in training needs a non-empty batch: an input of shape {x.shape} "
+            f"has no elements to average over axes {reduced}"
         )
     feature_shape = tuple(x.shape[a] for a in features)
     for field in ("mean", "var"):
@@ -469,6 +527,8 @@ def batch_norm(
                 f"stats.{field} has shape {shape}, but the features of an input of shape "
                 f"{x.shape} along axis={axis!r} have shape {feature_shape}"
             )
+    scale = _as_param(scale, "scale", x.shape, features)
+    bias = _as_param(bias, "bias", x.shape, features)
     if train:
         # 1 - momentum in Python for a Python momentum, rounded once as in flax.
         rest = 1 - momentum
@@ -503,7 +563,7 @@ def layer_norm(
       eps: added to the variance, >= 0.
 
     Returns:
-      ``y``, shaped and typed like ``x``.
+      ``y``, shaped and typed like ``x`` (float32 for integer ``x``).
 
     Example:
       >>> import jax.numpy as jnp, purelearn as pl
@@ -512,12 +572,14 @@ def layer_norm(
       Array([[-1.,  1.],
              [-1.,  1.]], dtype=float32)
     """
-    _check_number("eps", eps)
+    eps = scalar("eps", eps, low=0.0)
     x = _as_input(x)
-    axes = _axes(x.ndim, axis, "axis")
-    if not axes:
-        raise ValueError("layer_norm needs at least one axis to normalize over")
-    return _normalize(x, scale, bias, eps, red=_Reduction(axes), features=axes)[0]
+    normalized = axes("axis", axis, x.ndim)
+    if not normalized:
+        raise ValueError("layer_norm needs at least one axis to normalize over, got axis=()")
+    scale = _as_param(scale, "scale", x.shape, normalized)
+    bias = _as_param(bias, "bias", x.shape, normalized)
+    return _normalize(x, scale, bias, eps, red=_Reduction(normalized), features=normalized)[0]
 
 
 def _channel_axis(x: jax.Array, channel_axis: int, fn: str, min_rank: int) -> int:
@@ -525,7 +587,9 @@ def _channel_axis(x: jax.Array, channel_axis: int, fn: str, min_rank: int) -> in
         raise ValueError(
             f"{fn} needs an input of rank >= {min_rank} (batch, ..., channels), got shape {x.shape}"
         )
-    (ch,) = _axes(x.ndim, channel_axis, "channel_axis")
+    if np.ndim(channel_axis) != 0 or not np.issubdtype(np.asarray(channel_axis).dtype, np.integer):
+        raise ValueError(f"channel_axis must be one int, got {channel_axis!r}")
+    (ch,) = axes("channel_axis", channel_axis, x.ndim)
     if ch == 0:
         raise ValueError(f"{fn}: channel_axis={channel_axis} is the batch axis (axis 0)")
     return ch
@@ -564,10 +628,12 @@ def instance_norm(
       Array([[[-1., -1.],
               [ 1.,  1.]]], dtype=float32)
     """
-    _check_number("eps", eps)
+    eps = scalar("eps", eps, low=0.0)
     x = _as_input(x)
     ch = _channel_axis(x, channel_axis, "instance_norm", 3)
     reduced = tuple(i for i in range(1, x.ndim) if i != ch)
+    scale = _as_param(scale, "scale", x.shape, (ch,))
+    bias = _as_param(bias, "bias", x.shape, (ch,))
     return _normalize(x, scale, bias, eps, red=_Reduction(reduced), features=(ch,))[0]
 
 
@@ -607,18 +673,19 @@ def group_norm(
       >>> pl.group_norm(x, 2, eps=0.0)
       Array([[-1.,  1., -1.,  1.]], dtype=float32)
     """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
-        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
-    _check_number("eps", eps)
+    num_groups = positive_int("num_groups", num_groups)
+    eps = scalar("eps", eps, low=0.0)
     x = _as_input(x)
     ch = _channel_axis(x, channel_axis, "group_norm", 2)
     channels = x.shape[ch]
-    if num_groups <= 0 or channels % num_groups:
+    if channels % num_groups:
         raise ValueError(
             f"group_norm: {channels} channels do not divide into num_groups={num_groups} groups"
         )
     # The channel axis splits in place into (group, channel in group): no
     # transpose, and every axis but the batch and the group is reduced.
     reduced = tuple(i for i in range(1, x.ndim + 1) if i != ch)
-    red = _Reduction(reduced, groups=(ch, int(num_groups)))
+    red = _Reduction(reduced, groups=(ch, num_groups))
+    scale = _as_param(scale, "scale", x.shape, (ch,))
+    bias = _as_param(bias, "bias", x.shape, (ch,))
     return _normalize(x, scale, bias, eps, red=red, features=(ch,))[0]

@@ -3,6 +3,7 @@ formulas, numerical stability, dtypes, gradients and argument checks."""
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -663,9 +664,9 @@ def test_momentum_may_be_an_array_and_stats_may_be_flax_batch_stats():
 def test_other_bad_arguments():
     x = np.ones((4, 3))
     stats = pl.BatchNormStats.init(3)
-    with pytest.raises(TypeError, match="train must be a Python bool"):
+    with pytest.raises(ValueError, match="train must be True or False, got None"):
         pl.batch_norm(x, None, None, stats, train=None)
-    with pytest.raises(TypeError, match="train"):
+    with pytest.raises(TypeError, match="train must be a Python bool"):
         pl.batch_norm(x, None, None, stats, train=jnp.array(True))
     with pytest.raises(TypeError):
         pl.batch_norm(x, None, None, stats)  # train is required
@@ -683,8 +684,8 @@ def test_other_bad_arguments():
         pl.instance_norm(x)
     with pytest.raises(ValueError, match="twice"):
         pl.layer_norm(x, axis=(1, -1))
-    with pytest.raises(TypeError, match="floating"):
-        pl.layer_norm(np.ones((2, 3), jnp.int32))
+    with pytest.raises(ValueError, match="dtype bool"):
+        pl.layer_norm(np.ones((2, 3), bool))
 
 
 def test_batch_norm_stats_init():
@@ -696,3 +697,232 @@ def test_batch_norm_stats_init():
     # A pytree: it goes through jit, tree.map and optax-style state handling.
     doubled = jax.tree.map(lambda a: 2 * a, stats)
     assert isinstance(doubled, pl.BatchNormStats)
+
+
+# -- hardening: each argument checked at the call (issue 12) ------------------------------
+
+STATS3 = pl.BatchNormStats.init(3)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0, 3), (0, 0, 3)])
+def test_empty_batch_in_training_is_a_value_error_not_nan_statistics(shape):
+    """Regression: the mean of an empty batch was NaN and went into the running statistics."""
+    x = np.ones(shape, np.float32)
+    with pytest.raises(ValueError, match=rf"non-empty batch.*{re_shape(shape)}"):
+        pl.batch_norm(x, None, None, STATS3, train=True)
+    # Evaluation reads the running statistics only: an empty batch is fine there.
+    y, stats = pl.batch_norm(x, None, None, STATS3, train=False)
+    assert y.shape == shape and stats is STATS3
+
+
+def re_shape(shape):
+    return str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+
+
+@pytest.mark.parametrize("axis", [1.0, "1", None, True, (1.0,), [0.5], np.float64(1)])
+def test_non_int_axes_are_value_errors_naming_the_value(axis):
+    """Regression: axis=1.0 was a TypeError ('float' object is not iterable)."""
+    x = data((4, 3, 5))
+    calls = [
+        lambda: pl.batch_norm(x, None, None, pl.BatchNormStats.init(5), train=True, axis=axis),
+        lambda: pl.layer_norm(x, axis=axis),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"axis must be an int.*got {re.escape(repr(axis))}"):
+            call()
+    for call in (
+        lambda: pl.instance_norm(x, channel_axis=axis),
+        lambda: pl.group_norm(x, 1, channel_axis=axis),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"channel_axis must be one int.*{re.escape(repr(axis))}"
+        ):
+            call()
+
+
+def test_out_of_range_and_duplicate_axes_name_the_value():
+    x = data((4, 3, 5))
+    with pytest.raises(ValueError, match=r"axis=\(0, 3\) is out of range .* rank 3"):
+        pl.layer_norm(x, axis=(0, 3))
+    with pytest.raises(ValueError, match=r"axis=-4 is out of range"):
+        pl.batch_norm(x, None, None, STATS3, train=True, axis=-4)
+    with pytest.raises(ValueError, match=r"axis=\[2, -1\] names an axis twice"):
+        pl.layer_norm(x, axis=[2, -1])
+    with pytest.raises(ValueError, match=r"channel_axis=3 is out of range"):
+        pl.group_norm(x, 1, channel_axis=3)
+    with pytest.raises(ValueError, match=r"channel_axis must be one int, got \(1, 2\)"):
+        pl.instance_norm(x, channel_axis=(1, 2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(-5, 4), min_size=1, max_size=3))
+def test_layer_norm_axes_either_match_numpy_or_are_refused(axis):
+    """Any list of ints: in range and distinct -> the NumPy formula over them; else a
+    ValueError naming the list."""
+    x = data((3, 2, 4))
+    normalized = [a % 3 for a in axis]
+    valid = all(-3 <= a < 3 for a in axis) and len(set(normalized)) == len(normalized)
+    if not valid:
+        with pytest.raises(ValueError, match=re.escape(repr(axis))):
+            pl.layer_norm(x, axis=axis)
+        return
+    want = np_layer_norm(x, None, None, axes=tuple(normalized))
+    np.testing.assert_allclose(pl.layer_norm(x, axis=axis), want, atol=2e-5)
+    # NumPy integers and 0-d arrays name the same axes.
+    np.testing.assert_array_equal(
+        pl.layer_norm(x, axis=[np.int64(a) for a in axis]), pl.layer_norm(x, axis=axis)
+    )
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("momentum", np.array(2.0), r"momentum must be in \[0, 1\], got array\(2\.\)"),
+        ("momentum", np.array(-0.1), r"momentum must be in \[0, 1\]"),
+        ("momentum", np.float32("nan"), "momentum must be a finite number"),
+        ("momentum", jnp.ones(3), r"momentum must be a scalar, got an array of shape \(3,\)"),
+        ("momentum", lambda step: 0.9, "momentum must be a number or a 0-d array"),
+        ("eps", np.array(-1.0), r"eps must be >= 0, got array\(-1\.\)"),
+        ("eps", np.array(np.inf), "eps must be a finite number"),
+        ("eps", np.ones(3), r"eps must be a real number, got array\(\[1\., 1\., 1\.\]\)"),
+    ],
+)
+def test_numpy_hyperparameters_are_checked_like_numbers(name, value, message):
+    """Regression: 0-d NumPy arrays went through unchecked (a negative eps gave NaN)."""
+    x = np.ones((4, 3), np.float32)
+    calls = [lambda: pl.batch_norm(x, None, None, STATS3, train=True, **{name: value})]
+    if name == "eps":
+        calls += [lambda: pl.layer_norm(x, eps=value), lambda: pl.group_norm(x, 1, eps=value)]
+        calls += [lambda: pl.instance_norm(x[None], eps=value)]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_valid_numpy_hyperparameters_give_the_python_number_results():
+    x = data((6, 3))
+    stats = pl.BatchNormStats(np.full(3, 2.0, np.float32), np.full(3, 3.0, np.float32))
+    want_y, want = pl.batch_norm(x, None, None, stats, train=True, momentum=0.25, eps=0.5)
+    for m, e in [(np.array(0.25), np.array(0.5)), (np.float32(0.25), np.float64(0.5))]:
+        y, got = pl.batch_norm(x, None, None, stats, train=True, momentum=m, eps=e)
+        np.testing.assert_allclose(y, want_y, rtol=1e-6)
+        np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6)
+        np.testing.assert_allclose(got.var, want.var, rtol=1e-6)
+    # A NumPy integer number of groups is a number of groups.
+    np.testing.assert_array_equal(
+        pl.group_norm(data((2, 4)), np.int64(2)), pl.group_norm(data((2, 4)), 2)
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_integer_inputs_are_standardized_in_float32(dtype):
+    """Decision: integer x (uint8 images) is promoted to float32, as jnp.mean promotes it."""
+    x_int = np.random.default_rng(0).integers(0, 200, size=(6, 2, 2, 4)).astype(dtype)
+    x = x_int.astype(np.float64)
+    y, stats = pl.batch_norm(x_int, None, None, pl.BatchNormStats.init(4), train=True)
+    assert y.dtype == jnp.float32 and stats.mean.dtype == jnp.float32
+    ref, mu, _ = np_batch_norm(x, None, None)
+    np.testing.assert_allclose(y, ref, atol=2e-5)
+    np.testing.assert_allclose(stats.mean, 0.1 * mu, rtol=1e-5)
+    for got, want in [
+        (pl.layer_norm(x_int), np_layer_norm(x, None, None)),
+        (pl.instance_norm(x_int), np_instance_norm(x, None, None)),
+        (pl.group_norm(x_int, 2), np_group_norm(x, 2, None, None)),
+    ]:
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.ones((2, 3), bool), "dtype bool"),
+        (np.ones((2, 3), np.complex64), "dtype complex64"),
+        ("abc", "x must be an array of real numbers, got 'abc'"),
+        (None, "x must be an array of real numbers, got None"),
+    ],
+)
+def test_non_real_inputs_are_value_errors_naming_them(x, message):
+    for call in (
+        lambda: pl.batch_norm(x, None, None, STATS3, train=True),
+        lambda: pl.layer_norm(x),
+        lambda: pl.instance_norm(x),
+        lambda: pl.group_norm(x, 1),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
+def test_wrong_scale_or_bias_shapes_name_both_shapes_at_the_call():
+    x = np.ones((4, 2, 2, 3), np.float32)
+    calls = {
+        "batch_norm train": lambda p: pl.batch_norm(x, p, None, STATS3, train=True),
+        "batch_norm eval": lambda p: pl.batch_norm(x, None, p, STATS3, train=False),
+        "layer_norm": lambda p: pl.layer_norm(x, p),
+        "instance_norm": lambda p: pl.instance_norm(x, None, p),
+        "group_norm": lambda p: pl.group_norm(x, 3, p),
+    }
+    for name, call in calls.items():
+        with pytest.raises(
+            ValueError, match=r"of shape \(4,\) fits neither .*\(3,\).*\(4, 2, 2, 3\)"
+        ):
+            call(np.ones(4))
+        with pytest.raises(ValueError, match="must be an array of real numbers, got 'abc'"):
+            call("abc")
+        with pytest.raises(ValueError, match=r"real .*array, got dtype bool"):
+            call(np.ones(3, bool))
+        # A list of the right length is a parameter like an array (an oracle: the array).
+        np.testing.assert_array_equal(
+            jax.tree.leaves(call([1.0, 2.0, 3.0]))[0],
+            jax.tree.leaves(call(np.array([1.0, 2.0, 3.0], np.float32)))[0],
+            err_msg=name,
+        )
+
+
+@pytest.mark.parametrize(
+    "stats, message",
+    [
+        (
+            pl.BatchNormStats(np.zeros(3, np.int32), np.ones(3, np.int32)),
+            "stats.mean must be a floating",
+        ),
+        ((np.zeros(3, np.float32), [1, 1, 1]), "stats.var must be a floating"),
+        (None, "stats must be BatchNormStats"),
+        ((1, 2, 3), "stats must be BatchNormStats"),
+        (
+            {"mean": np.zeros(3)},
+            "stats as a dict must have keys 'mean' and 'var', got \\['mean'\\]",
+        ),
+        ((np.zeros(3), "abc"), "stats.var must be a floating"),
+    ],
+)
+def test_bad_running_statistics_are_value_errors(stats, message):
+    """Regression: integer statistics were silently rounded at every update."""
+    with pytest.raises(ValueError, match=message):
+        pl.batch_norm(np.ones((4, 3), np.float32), None, None, stats, train=True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((-1,), "num_features must be an integer >= 0, got -1"),
+        ((2.5,), "num_features must be an integer >= 0, got 2.5"),
+        (("3",), "num_features must be an integer >= 0, got '3'"),
+        (((2, -1),), "num_features must be an integer >= 0, got -1"),
+        ((3, jnp.int32), "dtype must be a floating-point dtype"),
+        ((3, "nonsense"), "dtype must be a floating-point dtype, got 'nonsense'"),
+    ],
+)
+def test_batch_norm_stats_init_checks_its_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        pl.BatchNormStats.init(*args)
+
+
+@pytest.mark.parametrize("train", [1, 0, "yes", None, 2.0])
+def test_train_must_be_a_real_bool(train):
+    with pytest.raises(
+        ValueError, match=rf"train must be True or False, got {re.escape(repr(train))}"
+    ):
+        pl.batch_norm(np.ones((4, 3), np.float32), None, None, STATS3, train=train)
+    # NumPy bools are bools.
+    pl.batch_norm(np.ones((4, 3), np.float32), None, None, STATS3, train=np.True_)

@@ -1,10 +1,14 @@
 """Dropout and the L2 penalty."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import purelearn as pl
 
@@ -115,9 +119,11 @@ def test_dropout_other_errors():
         pl.dropout(None, np.ones(3), 0.5)
     with pytest.raises(TypeError):
         pl.dropout(np.ones(3), 0.5)  # no default key: the key is the first argument
-    with pytest.raises(TypeError, match="deterministic"):
+    with pytest.raises(TypeError, match="deterministic must be a Python bool"):
         pl.dropout(KEY, np.ones(3), 0.5, deterministic=jnp.array(True))
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(ValueError, match="deterministic must be True or False, got 1"):
+        pl.dropout(KEY, np.ones(3), 0.5, deterministic=1)
+    with pytest.raises(ValueError, match="floating-point x, got dtype int32"):
         pl.dropout(KEY, np.ones(3, jnp.int32), 0.5)
 
 
@@ -213,3 +219,248 @@ def test_l2_penalty_bad_weight_decay_is_a_value_error(bad):
 def test_l2_penalty_mismatched_mask_is_a_value_error():
     with pytest.raises(ValueError, match="mask"):
         pl.l2_penalty({"w": np.ones((2, 2)), "b": np.ones(2)}, 0.1, mask={"w": True})
+
+
+# -- the textbook's Dropout class, written from the book's math in NumPy ---------------
+
+
+class BookDropout:
+    """The textbook's ``Dropout``: ``mask = rand > rate``; training ``x * mask``;
+    test ``x * (1 - rate)``. ``rand`` is passed in, so the draws are explicit."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def forward(self, x, train, rand=None):
+        x = np.asarray(x, np.float64)
+        if train:
+            self.mask = rand > self.rate
+            return x * self.mask
+        return x * (1.0 - self.rate)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_textbook_dropout_matches_the_books_class_in_expectation_and_at_inference(rate):
+    x = np.linspace(-2.0, 2.0, 50, dtype=np.float32)
+    book = BookDropout(rate)
+    # Inference: exactly the book's x * (1 - rate); inverted dropout's is x.
+    np.testing.assert_allclose(
+        pl.dropout(None, x, rate, deterministic=True, scale="textbook"),
+        book.forward(x, train=False),
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(pl.dropout(None, x, rate, deterministic=True), x)
+    # Training, over 4000 explicit keys: the mean of both forms and of the book's
+    # class (on NumPy draws) each estimate their inference output.
+    n = 4000
+    keys = jax.random.split(KEY, n)
+    ours = np.asarray(jax.vmap(lambda k: pl.dropout(k, x, rate, scale="textbook"))(keys))
+    inverted = np.asarray(jax.vmap(lambda k: pl.dropout(k, x, rate))(keys))
+    rng = np.random.default_rng(0)
+    theirs = np.stack([book.forward(x, True, rng.random(x.shape)) for _ in range(n)])
+    se = np.abs(x) * np.sqrt(rate * (1 - rate)) / np.sqrt(n)
+    for draws, want in [
+        (ours, book.forward(x, train=False)),
+        (theirs, book.forward(x, train=False)),
+        (inverted, x / 1.0),
+    ]:
+        assert np.all(np.abs(draws.mean(0) - want) <= 5 * se / (1 - rate) + 1e-6)
+    # Each draw of the textbook form is the book's: x where kept, 0 where dropped.
+    kept = ours != 0
+    np.testing.assert_array_equal(ours[kept], np.broadcast_to(x, ours.shape)[kept])
+    assert abs(1 - kept[:, x != 0].mean() - rate) < 0.01
+    assert abs(1 - (theirs[:, x != 0] != 0).mean() - rate) < 0.01
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.05, 0.95), st.integers(0, 2**31 - 1))
+def test_both_forms_draw_the_same_mask_for_the_same_key(rate, seed):
+    """Inverted = textbook / (1 - rate), element by element, for one explicit key."""
+    key = jax.random.key(seed, impl="rbg")
+    x = normal(6, 7)
+    textbook = np.asarray(pl.dropout(key, x, rate, scale="textbook"), np.float64)
+    inverted = np.asarray(pl.dropout(key, x, rate), np.float64)
+    np.testing.assert_allclose(inverted, textbook / (1 - rate), rtol=1e-5)
+    assert np.all((textbook == 0) | (textbook == x))
+
+
+def test_textbook_dropout_edges_gradients_and_traced_rates():
+    x = normal(10, 7)
+    for deterministic in (False, True):
+        np.testing.assert_array_equal(
+            pl.dropout(None, x, 0.0, deterministic=deterministic, scale="textbook"), x
+        )
+        np.testing.assert_array_equal(
+            pl.dropout(None, x, 1.0, deterministic=deterministic, scale="textbook"), 0 * x
+        )
+    # Inverted inference is the identity whatever the rate, even 1.
+    np.testing.assert_array_equal(pl.dropout(None, x, 1.0, deterministic=True), x)
+    # The gradient is the unscaled mask.
+    k = jax.random.key(1, impl="rbg")
+    g = jax.grad(lambda x: jnp.sum(pl.dropout(k, x, 0.25, scale="textbook")))(x)
+    mask = np.asarray(pl.dropout(k, np.ones_like(x), 0.25, scale="textbook"))
+    assert set(np.unique(mask)) == {0.0, 1.0}
+    np.testing.assert_array_equal(g, mask)
+    # A traced rate gives the Python rate's result, in training and at inference.
+    f = jax.jit(lambda r: pl.dropout(k, x, r, scale="textbook"))
+    np.testing.assert_allclose(f(jnp.float32(0.25)), pl.dropout(k, x, 0.25, scale="textbook"))
+    rates = jnp.array([0.0, 0.5, 1.0])
+    inference = jax.vmap(lambda r: pl.dropout(None, x, r, deterministic=True, scale="textbook"))
+    np.testing.assert_allclose(inference(rates), [x, 0.5 * x, 0 * x], rtol=1e-6)
+    y = pl.dropout(None, x.astype(jnp.bfloat16), 0.5, deterministic=True, scale="textbook")
+    assert y.dtype == jnp.bfloat16
+
+
+def test_sgd_on_the_textbook_form_is_sgd_at_q_squared_the_rate_on_scaled_weights():
+    """The book's net with weights V after dropout equals an inverted-dropout net with
+    weights q V (q = 1 - rate); SGD at lr on V is SGD at lr * q**2 on q V."""
+    rate, lr = 0.4, 0.1
+    q = 1 - rate
+    rng = np.random.default_rng(0)
+    x, t = normal(16, 5), rng.normal(size=(16, 3)).astype(np.float32)
+    w1 = jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+    b = jnp.zeros(3)
+
+    def loss(params, key, scale):
+        w1, v, b = params
+        h = pl.dropout(key, jax.nn.relu(x @ w1), rate, scale=scale)
+        return jnp.mean((h @ v + b - t) ** 2)
+
+    book = (w1, v, b)
+    inverted = (w1, q * v, b)
+    for key in jax.random.split(KEY, 3):
+        g_book = jax.grad(loss)(book, key, "textbook")
+        g_inv = jax.grad(loss)(inverted, key, "inverted")
+        book = tuple(p - lr * g for p, g in zip(book, g_book, strict=True))
+        lrs = (lr, lr * q**2, lr)  # the weights after the dropout layer move at q**2 the rate
+        inverted = tuple(p - r * g for p, r, g in zip(inverted, lrs, g_inv, strict=True))
+    np.testing.assert_allclose(book[0], inverted[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(q * book[1], inverted[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(book[2], inverted[2], rtol=1e-5, atol=1e-6)
+    # At the same learning rate for every weight the two would have drifted apart.
+    plain = (w1, q * v, b)
+    for key in jax.random.split(KEY, 3):
+        g = jax.grad(loss)(plain, key, "inverted")
+        plain = tuple(p - lr * gi for p, gi in zip(plain, g, strict=True))
+    assert not np.allclose(q * book[1], plain[1], rtol=1e-3)
+
+
+@pytest.mark.parametrize("scale", ["book", "Inverted", None, 1])
+def test_unknown_dropout_scale_is_a_value_error_naming_it(scale):
+    with pytest.raises(ValueError, match=rf"scale must be one of .*got {re.escape(repr(scale))}"):
+        pl.dropout(KEY, np.ones(3), 0.5, scale=scale)
+
+
+# -- hardening (issue 12) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dims, message",
+    [
+        ((5,), r"broadcast_dims=\(5,\) is out of range for an input of rank 3"),
+        ((-4,), r"broadcast_dims=\(-4,\) is out of range"),
+        ((1.0,), r"broadcast_dims must be an int or a sequence of ints, got \(1\.0,\)"),
+        ("1", "broadcast_dims must be an int or a sequence of ints, got '1'"),
+        ((1, -2), r"broadcast_dims=\(1, -2\) names an axis twice"),
+    ],
+)
+def test_bad_broadcast_dims_are_value_errors_naming_them(dims, message):
+    """Regression: (5,) was an IndexError from deep inside."""
+    with pytest.raises(ValueError, match=message):
+        pl.dropout(KEY, np.ones((2, 3, 4), np.float32), 0.5, broadcast_dims=dims)
+
+
+def test_broadcast_dims_may_be_negative_or_one_int():
+    x = np.ones((4, 6, 8), np.float32)
+    want = pl.dropout(KEY, x, 0.5, broadcast_dims=(1,))
+    np.testing.assert_array_equal(pl.dropout(KEY, x, 0.5, broadcast_dims=-2), want)
+    np.testing.assert_array_equal(pl.dropout(KEY, x, 0.5, broadcast_dims=[np.int64(1)]), want)
+    kept = np.asarray(want) != 0
+    assert np.all(kept == kept[:, :1, :])
+
+
+@pytest.mark.parametrize(
+    "rate, message",
+    [
+        (np.array(1.5), r"rate must be in \[0, 1\], got array\(1\.5\)"),
+        (np.array(-0.5), r"rate must be in \[0, 1\], got array\(-0\.5\)"),
+        (np.array(np.nan), r"rate must be a finite number, got array\(nan\)"),
+        (np.float32(2.0), r"rate must be in \[0, 1\]"),
+        (np.full(3, 0.5), r"rate must be a real number, got array\(\[0\.5, 0\.5, 0\.5\]\)"),
+        (jnp.full(3, 0.5), r"rate must be a scalar, got an array of shape \(3,\)"),
+        (lambda step: 0.5, "rate must be a number or a 0-d array, got the function"),
+    ],
+)
+def test_numpy_rates_are_checked_like_numbers(rate, message):
+    """Regression: a 0-d NumPy rate of 1.5 silently gave zeros."""
+    with pytest.raises(ValueError, match=message):
+        pl.dropout(KEY, np.ones(3, np.float32), rate)
+
+
+def test_valid_numpy_rates_and_weight_decays_equal_python_numbers():
+    x = normal(30, 30)
+    want = pl.dropout(KEY, x, 0.3)
+    for rate in (np.array(0.3), np.float64(0.3)):
+        np.testing.assert_array_equal(pl.dropout(KEY, x, rate), want)
+    p = {"w": np.full((2, 3), 2.0, np.float32)}
+    for wd in (np.array(0.5), np.float32(0.5), np.int64(1)):
+        np.testing.assert_allclose(pl.l2_penalty(p, wd), 12.0 * float(wd), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "wd, message",
+    [
+        (np.array(-1.0), r"weight_decay must be >= 0, got array\(-1\.\)"),
+        (np.array(np.nan), r"weight_decay must be a finite number, got array\(nan\)"),
+        (np.float32(-1e-3), "weight_decay must be >= 0"),
+        (np.array(np.inf), "weight_decay must be a finite number"),
+        (np.ones(2), r"weight_decay must be a real number, got array\(\[1\., 1\.\]\)"),
+        (jnp.ones(2), r"weight_decay must be a scalar, got an array of shape \(2,\)"),
+        (lambda step: 0.1, "weight_decay must be a number or a 0-d array"),
+    ],
+)
+def test_numpy_weight_decays_are_checked_like_numbers(wd, message):
+    """Regression: np.array(-1.0) gave a negative penalty, np.ones(2) a vector penalty."""
+    with pytest.raises(ValueError, match=message):
+        pl.l2_penalty({"w": np.ones((2, 2))}, wd)
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        ({"w": "no", "b": False}, r"mask leaf \['w'\] must be True or False, got 'no'"),
+        ({"w": True, "b": 0}, r"mask leaf \['b'\] must be True or False, got 0"),
+        ({"w": 1, "b": False}, r"mask leaf \['w'\] must be True or False, got 1"),
+        (lambda p: {"w": "yes", "b": True}, r"mask leaf \['w'\] must be True or False"),
+        ("no", r"mask leaf \(the root\) must be True or False, got 'no'"),
+    ],
+)
+def test_mask_leaves_must_be_real_bools(mask, message):
+    """Regression: mask={"w": "no"} counted the leaf (bool("no") is True)."""
+    with pytest.raises(ValueError, match=message):
+        pl.l2_penalty({"w": np.ones((2, 2)), "b": np.ones(2)}, 1.0, mask=mask)
+
+
+def test_numpy_and_jax_bools_are_mask_leaves():
+    p = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    for yes, no in [(np.True_, np.False_), (np.array(True), np.array(False))]:
+        assert float(pl.l2_penalty(p, 1.0, mask={"w": no, "b": yes})) == 1.0
+    assert float(pl.l2_penalty(p, 1.0, mask={"w": jnp.array(True), "b": jnp.array(False)})) == 2.0
+    assert float(pl.l2_penalty(p, 1.0, mask=True)) == 3.0
+
+
+def test_bad_params_leaves_and_keys_are_value_errors():
+    with pytest.raises(ValueError, match=r"params leaf \['w'\] is not an array: 'abc'"):
+        pl.l2_penalty({"w": "abc"}, 1.0, mask={"w": True})
+    with pytest.raises(ValueError, match=r"params leaf \['w'\] must be real, got dtype complex64"):
+        pl.l2_penalty({"w": np.ones((2, 2), np.complex64)}, 1.0)
+    with pytest.raises(ValueError, match=r"key must be one PRNG key .* got 'k'"):
+        pl.dropout("k", np.ones(3, np.float32), 0.5)
+    with pytest.raises(ValueError, match="key must be one PRNG key"):
+        pl.dropout(jax.random.split(KEY, 2), np.ones(3, np.float32), 0.5)
+    with pytest.raises(ValueError, match="x must be an array of numbers, got 'abc'"):
+        pl.dropout(KEY, "abc", 0.5)
+    # An int seed is a key (jax.random.key(seed)).
+    x = np.ones(50, np.float32)
+    np.testing.assert_array_equal(pl.dropout(3, x, 0.5), pl.dropout(jax.random.key(3), x, 0.5))
