@@ -7,8 +7,9 @@ and regularizers are pure functions. Everything is re-exported flat here::
     opt = pl.adam(1e-3)
 """
 
+from purelearn import distributed
 from purelearn._cache import enable_compilation_cache
-from purelearn.checkpoints import load_checkpoint, save_checkpoint
+from purelearn.checkpoints import Checkpoints, load_checkpoint, save_checkpoint
 from purelearn.datasets import download_mnist, load_mnist
 from purelearn.initializers import (
     compute_fans,
@@ -109,6 +110,9 @@ __all__ = [
     "EarlyStoppingState",
     "save_checkpoint",
     "load_checkpoint",
+    "Checkpoints",
+    # many processes
+    "distributed",
     # data
     "load_mnist",
     "download_mnist",

@@ -26,9 +26,9 @@ mode ``0o666`` less the umask, like any ``open(path, "w")``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-import secrets
 from typing import Any
 
 import jax
@@ -36,14 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from purelearn import _checks
+from purelearn import _checks, _files
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
-
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "Checkpoints", "DIRECTORY_MARKER"]
 
 _MAGIC = b"purelearn-checkpoint-v1\n"
 _SCALARS = (bool, int, float, complex)
@@ -57,80 +52,12 @@ def _temp_pattern(name: str) -> tuple[str, re.Pattern[str]]:
     """The temporary-file prefix for target ``name`` and a regex matching only those files."""
     # Cut to 180 bytes, so that the temporary name stays under NAME_MAX (255 bytes).
     prefix = f".{os.fsdecode(os.fsencode(name)[:180])}.ckpt-"
-    return prefix, re.compile(re.escape(prefix) + r"[0-9a-f]{16}" + re.escape(_TEMP_SUFFIX))
-
-
-def _same_file(path: str, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
+    return prefix, re.compile(re.escape(prefix) + _files.TOKEN + re.escape(_TEMP_SUFFIX))
 
 
 def _remove_stale_temps(directory: str, name: str) -> None:
-    """Delete temporary files of earlier saves to ``name`` whose writer is gone.
-
-    A live writer holds an exclusive ``flock`` on its file until it has moved
-    it into place; a lock we can take means the writer died (the kernel drops
-    the locks of a killed process).
-    """
-    if fcntl is None:
-        return
-    _, pattern = _temp_pattern(name)
-    try:
-        with os.scandir(directory) as entries:
-            candidates = [e.path for e in entries if pattern.fullmatch(e.name)]
-    except OSError:  # an unlistable directory: nothing we can clean
-        return
-    for tmp in candidates:
-        try:
-            fd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except OSError:  # gone already, or not ours to touch
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if _same_file(tmp, fd):
-                os.unlink(tmp)
-        except OSError:  # locked by a live writer (or no lock support): leave it
-            pass
-        finally:
-            os.close(fd)
-
-
-def _open_locked_temp(directory: str, name: str) -> tuple[int, str]:
-    """Create and lock a new temporary file (mode 0o666 less the umask)."""
-    prefix, _ = _temp_pattern(name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = os.path.join(directory, prefix + secrets.token_hex(8) + _TEMP_SUFFIX)
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        if fcntl is None:
-            return fd, tmp
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: cleaners cannot lock it either
-            return fd, tmp
-        # Another saver may have taken our file for debris between open and flock.
-        if _same_file(tmp, fd):
-            return fd, tmp
-        os.close(fd)
-    raise OSError(f"could not create a temporary file for {name!r} in {directory}")
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible everywhere (e.g. Windows); the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Delete temporary files of earlier saves to ``name`` whose writer is gone."""
+    _files.remove_stale(directory, _temp_pattern(name)[1])
 
 
 # -- trees <-> the nested dict --------------------------------------------------
@@ -328,6 +255,15 @@ def _restore(where: str, name: Name, saved: Any, like: Any) -> Any:
 
 # -- the public functions ------------------------------------------------------------
 
+#: the file that marks a directory as a purelearn directory (orbax) checkpoint
+DIRECTORY_MARKER = "purelearn-checkpoints.json"
+
+
+def _is_directory_checkpoint(path: str) -> bool:
+    """A path ending in a separator, or a directory a directory checkpoint was saved to."""
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    return path.endswith(seps) or os.path.isfile(os.path.join(path, DIRECTORY_MARKER))
+
 
 def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
     """Write ``state`` (any pytree of arrays and numbers) to ``path`` atomically.
@@ -358,6 +294,9 @@ def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
       {'step': 7, 'w': Array([1., 1., 1.], dtype=float32)}
     """
     path = _checks.file_path("path", path)
+    if _is_directory_checkpoint(path):
+        _save_directory(path, state)
+        return
     if os.path.isdir(path):
         raise ValueError(f"path {path!r} is a directory; give a file name for the checkpoint")
     directory, name = os.path.split(os.path.abspath(path))
@@ -371,7 +310,7 @@ def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
     digest = hashlib.sha256(payload).hexdigest().encode()
 
     _remove_stale_temps(directory, name)
-    fd, tmp = _open_locked_temp(directory, name)
+    fd, tmp = _files.open_locked_temp(directory, _temp_pattern(name)[0], _TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
             f.write(_MAGIC + digest + b"\n" + payload)
@@ -379,12 +318,12 @@ def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if _same_file(tmp, fd):
+        if _files.same_file(tmp, fd):
             os.unlink(tmp)
         raise
     finally:
         os.close(fd)  # only now: the lock tells cleaners this file is live
-    _fsync_directory(directory)
+    _files.fsync_directory(directory)
 
 
 def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
@@ -416,6 +355,8 @@ def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
                 f"like_state leaf {_show(name)} must be an array, a jax.ShapeDtypeStruct "
                 f"or a number, got {type(like).__name__}"
             )
+    if _is_directory_checkpoint(path):
+        return _load_directory(path, names, likes, treedef)
     if os.path.isdir(path):
         raise ValueError(f"path {path!r} is a directory, not a checkpoint file")
     with open(path, "rb") as f:
@@ -450,3 +391,411 @@ def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
         for n, like in zip(names, likes, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# -- directory checkpoints: orbax, every process writing its own shards ----------------
+
+_DIRECTORY_FORMAT = "purelearn-orbax-v1"
+
+
+def _as_words(a: Any) -> Any:
+    """An array's bits as unsigned words (NumPy or jnp, whichever ``a`` is)."""
+    xp = np if isinstance(a, np.ndarray | np.generic) else jnp
+    if jnp.issubdtype(a.dtype, np.complexfloating):
+        return xp.stack([_as_words(xp.real(a)), _as_words(xp.imag(a))])
+    if a.dtype == np.bool_ or a.dtype.itemsize < 1 or np.dtype(a.dtype).kind == "V":
+        return a.astype(xp.uint8).astype(xp.uint32)
+    width = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[a.dtype.itemsize]
+    if xp is np:
+        words = np.ascontiguousarray(a).view(width)
+    else:
+        words = jax.lax.bitcast_convert_type(a, width)
+    return words.astype(xp.uint32)
+
+
+def _weighted_sum(words: Any) -> Any:
+    """A position-weighted sum mod 2**32 (odd weights: any one changed word shows)."""
+    xp = np if isinstance(words, np.ndarray) else jnp
+    flat = words.reshape(-1)
+    weights = xp.arange(flat.shape[0], dtype=xp.uint32) * xp.uint32(2654435761) | xp.uint32(1)
+    return (flat * weights).sum(dtype=xp.uint32)
+
+
+@jax.jit
+def _device_checksums(arrays: list[jax.Array]) -> list[jax.Array]:
+    return [_weighted_sum(_as_words(a)) for a in arrays]
+
+
+def _checksums(arrays: list[Any]) -> list[int]:
+    """Layout-independent checksums of the arrays' global values: one program over the
+    JAX arrays (a collective for arrays spanning processes), NumPy for NumPy arrays."""
+    from purelearn import distributed
+
+    on_device = [i for i, a in enumerate(arrays) if isinstance(a, jax.Array)]
+    sums: list[int] = [0] * len(arrays)
+    if on_device:
+        device_sums = _device_checksums([arrays[i] for i in on_device])
+        for i, value in zip(on_device, distributed.to_host(device_sums), strict=True):
+            sums[i] = int(value)
+    for i, a in enumerate(arrays):
+        if not isinstance(a, jax.Array):
+            with np.errstate(over="ignore"):
+                sums[i] = int(_weighted_sum(_as_words(np.asarray(a))))
+    return sums
+
+
+def _manager(directory: str, *, keep: int | None = 1):
+    """An orbax manager of ``directory``'s steps that keeps the last ``keep`` (None: all)."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers as policies
+
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.LatestN(keep),
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(directory), options=options, item_names=("state", "meta")
+    )
+
+
+def _next_step(manager: Any) -> int:
+    """One past the newest step, as process 0 sees it (every process must agree)."""
+    latest = manager.latest_step()
+    step = 0 if latest is None else latest + 1
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+    return step
+
+
+def _save_directory(
+    path: str, state: Any, *, manager: Any = None, step: int | None = None, metrics: Any = None
+) -> int:
+    """Save ``state`` as a new step of the directory checkpoint ``path``; its step."""
+    import orbax.checkpoint as ocp
+
+    names, leaves, _ = _entries(state)
+    _nest(names, leaves, "state")
+    arrays: list[Any] = []
+    entries: list[dict[str, Any]] = []
+    for name, leaf in zip(names, leaves, strict=True):
+        if _empty(leaf):
+            entries.append({"kind": "empty", "value": None if leaf is None else {}})
+            continue
+        if _is_number(leaf):
+            _to_host(name, leaf)  # the 64-bit check
+            value = [leaf.real, leaf.imag] if isinstance(leaf, complex) else leaf
+            entries.append({"kind": type(leaf).__name__, "value": value})
+            continue
+        if not isinstance(leaf, jax.Array | np.ndarray | np.generic):
+            _to_host(name, leaf)  # raises the file format's error
+        impl = None
+        if _is_key(leaf):
+            impl = str(jax.random.key_impl(leaf))
+            leaf = jax.random.key_data(leaf)
+        if not _storable(leaf.dtype):
+            raise ValueError(
+                f"state leaf {_show(name)} has dtype {leaf.dtype}, which cannot be stored"
+            )
+        if isinstance(leaf, np.generic):
+            leaf = np.asarray(leaf)
+        entries.append({"kind": "array", "index": len(arrays), "key": impl})
+        arrays.append(leaf)
+    meta = {
+        "format": _DIRECTORY_FORMAT,
+        "names": [list(n) for n in names],
+        "entries": entries,
+        "shapes": [list(a.shape) for a in arrays],
+        "dtypes": [np.dtype(a.dtype).name for a in arrays],
+        "checksums": _checksums(arrays),
+        "metrics": metrics,
+    }
+    own = manager is None
+    if own:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"path {path!r} is a file, not a checkpoint directory")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ValueError(f"path {path!r}: its directory {parent!r} does not exist")
+        manager = _manager(path)
+    try:
+        if step is None:
+            step = _next_step(manager)
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta)
+            ),
+            metrics=metrics,
+            force=True,
+        )
+        manager.wait_until_finished()
+        marker = os.path.join(path, DIRECTORY_MARKER)
+        if jax.process_index() == 0 and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                json.dump({"format": _DIRECTORY_FORMAT}, f)
+    finally:
+        if own:
+            manager.close()
+    return step
+
+
+def _like_target(like: Any) -> tuple[Any, Any]:
+    """What orbax restores one array leaf as: a placed ShapeDtypeStruct and its restore
+    args (JAX likes), or a NumPy array (NumPy likes, Python numbers)."""
+    import orbax.checkpoint as ocp
+
+    if _is_key(like):
+        data = (
+            jax.eval_shape(jax.random.key_data, like)
+            if not isinstance(like, jax.Array)
+            else (jax.random.key_data(like))
+        )
+        return _like_target(data)
+    if isinstance(like, jax.Array | jax.ShapeDtypeStruct):
+        sharding = getattr(like, "sharding", None)
+        if sharding is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.ShapeDtypeStruct(like.shape, like.dtype, sharding=sharding)
+        return target, ocp.ArrayRestoreArgs(sharding=sharding)
+    return None, ocp.RestoreArgs(restore_type=np.ndarray)
+
+
+def _load_directory(
+    path: str, names: list[Name], likes: list[Any], treedef: Any, *, step: int | None = None
+) -> Any:
+    """Restore the newest (or ``step``'s) state of the directory checkpoint ``path``."""
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint directory at {path!r}")
+    manager = _manager(path, keep=None)
+    try:
+        if step is None:
+            step = manager.latest_step()
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(
+                f"{path} holds no finished checkpoint" + ("" if step is None else f" {step}")
+            )
+        where = f"{path} (step {step})"
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                "meta"
+            ]
+        except Exception as err:
+            raise ValueError(f"{where} is corrupt: its metadata cannot be read ({err})") from err
+        if not isinstance(meta, dict) or meta.get("format") != _DIRECTORY_FORMAT:
+            raise ValueError(f"{where} is not a purelearn checkpoint (no {_DIRECTORY_FORMAT})")
+        saved_names = [tuple(n) for n in meta["names"]]
+        saved = {
+            n: e for n, e in zip(saved_names, meta["entries"], strict=True) if e["kind"] != "empty"
+        }
+        _check_same_names(where, saved, names, likes)
+        plan, targets, restore_args = [], [], []
+        for name, like in zip(names, likes, strict=True):
+            if _empty(like):
+                continue
+            entry = saved[name]
+            if entry["kind"] != "array":
+                continue
+            i = entry["index"]
+            shape, dtype = tuple(meta["shapes"][i]), np.dtype(meta["dtypes"][i])
+            if _is_key(like) != (entry["key"] is not None):
+                raise ValueError(
+                    f"{where}: entry {_show(name)} is "
+                    f"{'a PRNG key' if entry['key'] else f'{dtype}{list(shape)}'} in the "
+                    f"checkpoint but {'a PRNG key' if _is_key(like) else 'not one'} in like_state"
+                )
+            target, args = _like_target(like)
+            if target is not None and (target.shape != shape or target.dtype != dtype):
+                raise ValueError(
+                    f"{where}: entry {_show(name)} is {dtype}{list(shape)} in the checkpoint "
+                    f"but {target.dtype}{list(target.shape)} in like_state"
+                )
+            if target is None:
+                target = np.zeros(shape, dtype)
+            plan.append((name, i))
+            targets.append(target)
+            restore_args.append(args)
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        _placeholders(meta, plan, targets),
+                        restore_args=_placeholders(meta, plan, restore_args),
+                    )
+                ),
+            )["state"]
+        except Exception as err:
+            raise ValueError(f"{where} is corrupt or unreadable: {err}") from err
+    finally:
+        manager.close()
+    values = {name: restored[i] for name, i in plan}
+    sums = _checksums([values[name] for name, _ in plan])
+    for (name, i), got in zip(plan, sums, strict=True):
+        if got != meta["checksums"][i]:
+            raise ValueError(
+                f"{where} is corrupt: the checksum of entry {_show(name)} does not match"
+            )
+    leaves = []
+    for name, like in zip(names, likes, strict=True):
+        if _empty(like):
+            leaves.append(like)
+            continue
+        entry = saved[name]
+        if entry["kind"] != "array":
+            value = entry["value"]
+            if entry["kind"] == "complex":
+                value = complex(*value)
+            leaves.append(_restore(where, name, value, like))
+        elif isinstance(values[name], jax.Array):
+            value = values[name]
+            if _is_key(like):
+                value = jax.random.wrap_key_data(
+                    value,
+                    impl=jax.random.key_impl(
+                        like if isinstance(like, jax.Array) else jnp.zeros((), like.dtype)
+                    ),
+                )
+            leaves.append(value)
+        else:
+            leaves.append(_restore(where, name, np.asarray(values[name]), like))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _placeholders(meta: dict[str, Any], plan: list[tuple[Name, int]], values: list[Any]) -> list:
+    """A list as long as the saved arrays, ``values`` at the planned indices; the rest
+    (not needed) are restored as small NumPy arrays of their saved shapes."""
+    import orbax.checkpoint as ocp
+
+    out: list[Any] = [None] * len(meta["shapes"])
+    for (_, i), value in zip(plan, values, strict=True):
+        out[i] = value
+    for i, value in enumerate(out):
+        if value is None:
+            is_args = values and not isinstance(values[0], jax.ShapeDtypeStruct | np.ndarray)
+            out[i] = (
+                ocp.RestoreArgs(restore_type=np.ndarray)
+                if is_args
+                else np.zeros(meta["shapes"][i], meta["dtypes"][i])
+            )
+    return out
+
+
+def _check_same_names(where: str, saved: dict[Name, Any], names: list[Name], likes: list[Any]):
+    wanted = [n for n, like in zip(names, likes, strict=True) if not _empty(like)]
+    extra = sorted(set(saved) - set(wanted))
+    missing = [n for n in wanted if n not in saved]
+    if extra or missing:
+
+        def listed(names: list[Name]) -> str:
+            more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+            return ", ".join(map(_show, names[:10])) + more
+
+        parts = []
+        if extra:
+            parts.append(f"it has entries like_state lacks: {listed(extra)}")
+        if missing:
+            parts.append(f"it lacks like_state's entries {listed(missing)}")
+        raise ValueError(f"{where} does not match the structure of like_state: " + "; ".join(parts))
+
+
+class Checkpoints:
+    """A directory of checkpoints that keeps the last ``keep`` and the best: a ``fit`` callback.
+
+    ``fit(..., callback=Checkpoints("run/", keep=3, best="eval_accuracy"))``
+    saves the state after every epoch as step ``epoch`` (orbax, every process
+    writing its own shards, each step committed atomically), then deletes the
+    steps that are neither among the last ``keep`` nor the best by ``best``
+    (a history metric, larger is better unless ``mode="min"``). It never
+    stops training (returns False). Restore with :meth:`restore`.
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp
+      >>> ckpts = Checkpoints(os.path.join(tempfile.mkdtemp(), "run"), keep=1, best="loss",
+      ...                     mode="min")
+      >>> for epoch, loss in enumerate([3.0, 1.0, 2.0]):
+      ...     _ = ckpts(epoch, {"w": jnp.full(2, loss)}, {"loss": [loss]})
+      >>> ckpts.steps(), ckpts.best_step()
+      ([1, 2], 1)
+      >>> ckpts.restore({"w": jnp.zeros(2)}, step=1)["w"]
+      Array([1., 1.], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        best: str | None = None,
+        mode: str = "max",
+    ) -> None:
+        self.directory = os.path.abspath(_checks.file_path("directory", directory))
+        self.keep = _checks.positive_int("keep", keep)
+        self.mode = _checks.choice("mode", mode, ("max", "min"))
+        if best is not None and not isinstance(best, str):
+            raise ValueError(f"best must be a history metric's name or None, got {best!r}")
+        self.best = best
+        parent = os.path.dirname(self.directory)
+        if not os.path.isdir(parent):
+            raise ValueError(f"directory {directory!r}: its parent {parent!r} does not exist")
+
+    def _manager(self) -> Any:
+        return _manager(self.directory, keep=None)
+
+    def _metric(self, manager: Any, step: int) -> float | None:
+        import orbax.checkpoint as ocp
+
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        value = (meta.get("metrics") or {}).get(self.best)
+        return None if value is None else (value if self.mode == "max" else -value)
+
+    def _best(self, manager: Any) -> int | None:
+        steps = sorted(manager.all_steps())
+        if self.best is None:
+            return steps[-1] if steps else None
+        scored = [(m, s) for s in steps if (m := self._metric(manager, s)) is not None]
+        # the earliest of equally good steps
+        return max(scored, key=lambda ms: (ms[0], -ms[1]))[1] if scored else None
+
+    def __call__(self, epoch: int, state: Any, history: dict[str, list[float]]) -> bool:
+        """Save ``state`` as step ``epoch`` (with the history's last values as metrics)."""
+        metrics = {k: float(v[-1]) for k, v in history.items() if k != "step_loss" and v}
+        if self.best is not None and self.best not in metrics:
+            raise ValueError(f"best={self.best!r} is not in the history: {sorted(metrics)}")
+        manager = self._manager()
+        try:
+            _save_directory(self.directory, state, manager=manager, step=epoch, metrics=metrics)
+            steps = sorted(manager.all_steps())
+            keep = set(steps[-self.keep :]) | {self._best(manager)}
+            for old in steps:
+                if old not in keep:
+                    manager.delete(old)
+        finally:
+            manager.close()
+        return False
+
+    def steps(self) -> list[int]:
+        """The steps on disk, oldest first."""
+        manager = self._manager()
+        try:
+            return sorted(manager.all_steps())
+        finally:
+            manager.close()
+
+    def best_step(self) -> int | None:
+        """The best step by ``best`` (the latest without ``best``)."""
+        manager = self._manager()
+        try:
+            return self._best(manager)
+        finally:
+            manager.close()
+
+    def restore(self, like_state: Any, *, step: int | None = None) -> Any:
+        """The state of ``step`` (default: the latest), as :func:`load_checkpoint` gives it."""
+        names, likes, treedef = _entries(like_state)
+        return _load_directory(self.directory, names, likes, treedef, step=step)

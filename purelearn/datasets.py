@@ -20,7 +20,6 @@ import http.client
 import math
 import os
 import re
-import secrets
 import struct
 import time
 import urllib.parse
@@ -32,13 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from purelearn import _checks
+from purelearn import _checks, _files
 from purelearn._cache import memoize
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
 
 __all__ = [
     "load_mnist",
@@ -166,13 +160,6 @@ def _part_pattern(target: Path) -> re.Pattern[str]:
     return re.compile(rf"\.{name}(\.[0-9a-f]{{16}}|-[a-z0-9_]{{8}})\.part")
 
 
-def _same_file(path: str, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
 def _remove_stale_parts(target: Path) -> None:
     """Delete the partial files of killed downloads of ``target``.
 
@@ -180,52 +167,15 @@ def _remove_stale_parts(target: Path) -> None:
     can lock belongs to a dead process. (0.1's files were never locked: those
     are only removed an hour after their last write.)
     """
-    if fcntl is None:
-        return
-    pattern = _part_pattern(target)
-    try:
-        with os.scandir(target.parent) as entries:
-            matches = [(e.path, pattern.fullmatch(e.name)) for e in entries]
-    except OSError:  # an unlistable directory: nothing we can clean
-        return
-    for part, match in matches:
-        if match is None:
-            continue
-        try:
-            fd = os.open(part, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            old_style = match.group(1).startswith("-")
-            if old_style and time.time() - os.fstat(fd).st_mtime < 3600:
-                continue
-            if _same_file(part, fd):
-                os.unlink(part)
-        except OSError:  # locked by a live download (or no lock support): leave it
-            pass
-        finally:
-            os.close(fd)
+
+    def recent_old_style(match: re.Match[str], fd: int) -> bool:
+        return match.group(1).startswith("-") and time.time() - os.fstat(fd).st_mtime < 3600
+
+    _files.remove_stale(target.parent, _part_pattern(target), keep=recent_old_style)
 
 
 def _open_locked_part(target: Path) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        part = str(target.parent / f".{target.name}.{secrets.token_hex(8)}.part")
-        try:
-            fd = os.open(part, flags, 0o666)
-        except FileExistsError:
-            continue
-        if fcntl is None:
-            return fd, part
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: cleaners cannot lock it either
-            return fd, part
-        if _same_file(part, fd):  # else a cleaner took it between open and flock
-            return fd, part
-        os.close(fd)
-    raise OSError(f"could not create a partial file for {target}")
+    return _files.open_locked_temp(target.parent, f".{target.name}.", ".part")
 
 
 def _download(url: str, target: Path, sha256: str, progress: bool, timeout: float) -> None:
@@ -271,7 +221,7 @@ def _download(url: str, target: Path, sha256: str, progress: bool, timeout: floa
             )
         os.replace(part, target)
     except BaseException:
-        if _same_file(part, fd):
+        if _files.same_file(part, fd):
             os.unlink(part)
         raise
     finally:

@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from purelearn import _checks
+from purelearn import _checks, distributed
 from purelearn._cache import memoize
 from purelearn.checkpoints import load_checkpoint, save_checkpoint
 from purelearn.early_stopping import METRICS, EarlyStopping, EarlyStoppingState
@@ -163,13 +164,66 @@ def _check_labels(name: str, model: Model, x: jax.Array, y: jax.Array) -> None:
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"{name}: labels must be integers (or one-hot rows), got {y.dtype}")
     if y.size and not isinstance(y, jax.core.Tracer):
-        labels = np.asarray(y)  # on the host: jnp would trace under a caller's jit
-        lo, hi = int(labels.min()), int(labels.max())
+        if _spans_processes(y):  # no host copy: reduce on the devices, read the replicas
+            lo, hi = (int(v) for v in distributed.to_host(_min_max(y)))
+        else:
+            labels = np.asarray(y)  # on the host: jnp would trace under a caller's jit
+            lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= classes:
             bad = lo if lo < 0 else hi
             raise ValueError(
                 f"{name}: label {bad} is outside [0, {classes}) for a model with {classes} outputs"
             )
+
+
+@jax.jit
+def _min_max(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return y.min(), y.max()
+
+
+def _spans_processes(x: Any) -> bool:
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return False
+    return not x.is_fully_addressable
+
+
+def _data_sharding(x: Any) -> NamedSharding | None:
+    """The sharding of a training set split over several devices along its examples:
+    each batch is split the same way (data parallel). None for anything else."""
+    sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
+    if isinstance(x, jax.core.Tracer) or not isinstance(sharding, NamedSharding):
+        return None
+    if len(sharding.device_set) < 2 or not sharding.spec or sharding.spec[0] is None:
+        return None
+    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+
+
+def _explicit(sharding: NamedSharding) -> bool:
+    return any(t == AxisType.Explicit for t in sharding.mesh.axis_types)
+
+
+def _place(x: Any, sharding: NamedSharding | None) -> Any:
+    """Inside jit: ``x`` laid out as ``sharding`` (explicit axes are resharded, auto
+    ones constrained); as it is without one."""
+    if sharding is None:
+        return x
+    if _explicit(sharding):
+        return jax.tree.map(lambda a: jax.sharding.reshard(a, sharding), x)
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _replicated(sharding: NamedSharding | None) -> NamedSharding | None:
+    return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def _gather(x: jax.Array, idx: jax.Array, sharding: NamedSharding | None) -> jax.Array:
+    """The rows ``idx`` of the global set, split over the data axis like the set."""
+    if sharding is None:
+        return x[idx]
+    if _explicit(sharding):
+        spec = PartitionSpec(sharding.spec[0], *([None] * (x.ndim - 1)))
+        return x.at[idx].get(out_sharding=NamedSharding(sharding.mesh, spec))
+    return jax.lax.with_sharding_constraint(x[idx], sharding)
 
 
 def check_data(
@@ -328,6 +382,7 @@ def make_train_step(
                 f"x and y must hold the same number of examples, got x of shape "
                 f"{getattr(x, 'shape', x)} and y of shape {getattr(y, 'shape', y)}"
             )
+        state = _replicate_for(state, x)
         try:
             return _jitted_step(model, optimizer, decay, state, x, y, weight_decay)
         except (TypeError, ValueError) as err:
@@ -335,6 +390,21 @@ def make_train_step(
             raise
 
     return step
+
+
+def _replicate_for(state: Any, x: Any) -> Any:
+    """A state living on one process, replicated over the mesh of a batch that spans
+    processes (a jitted step cannot mix the two) or whose mesh is explicit (the sharding
+    of every gradient must be known from its types); anything else as it is."""
+    sharding = _data_sharding(x)
+    if sharding is None or not isinstance(state, TrainState):
+        return state
+    if not (_spans_processes(x) or _explicit(sharding)):
+        return state
+    leaves = jax.tree.leaves(state)
+    if all(isinstance(a, jax.Array) and not a.is_fully_addressable for a in leaves):
+        return state
+    return distributed.replicate(state, sharding.mesh)
 
 
 def _explain_state(state: Any, model: Model, optimizer: Any, err: Exception) -> None:
@@ -370,6 +440,8 @@ class _Plan(NamedTuple):
     has_eval: bool
     early_stopping: EarlyStopping | None
     monitor: str | None  # the metric early stopping watches
+    # the training set's split over devices (data parallel), or None on one device
+    data_sharding: NamedSharding | None = None
 
 
 def _plan(
@@ -381,6 +453,7 @@ def _plan(
     weight_decay: Any,
     has_eval: bool,
     early_stopping: EarlyStopping | None,
+    data_sharding: NamedSharding | None = None,
 ) -> _Plan:
     if steps_per_epoch is None:
         steps = n // batch_size
@@ -401,6 +474,7 @@ def _plan(
         has_eval=has_eval,
         early_stopping=early_stopping,
         monitor=early_stopping.watched(has_eval) if early_stopping is not None else None,
+        data_sharding=data_sharding,
     )
 
 
@@ -452,8 +526,11 @@ def _epoch(
     x, y = data
     step = _step_fn(model, optimizer, plan.decay)
     batches = _batches(carry.state, x.shape[0], plan)
+    shard, whole = plan.data_sharding, _replicated(plan.data_sharding)
     trained, metrics = jax.lax.scan(
-        lambda s, idx: step(s, x[idx], y[idx], weight_decay), carry.state, batches
+        lambda s, idx: step(s, _gather(x, idx, shard), _gather(y, idx, shard), weight_decay),
+        _place(carry.state, whole),
+        batches,
     )
     es = plan.early_stopping
     stopped = carry.stopper.should_stop if es is not None else jnp.array(False)
@@ -462,6 +539,8 @@ def _epoch(
     if eval_data is not None:
         curves["eval_accuracy"] = _accuracy(model, state, *eval_data)
     curves["step_loss"] = metrics["loss"]
+    # Replicated results: every process reads the same metrics and holds the whole state.
+    state, curves = _place((state, curves), whole)
     if es is None:
         return _Carry(state, None, None), curves
     stopper = es.update(carry.stopper, curves[plan.monitor])
@@ -497,7 +576,8 @@ def _run(
     weight_decay: Any,
 ) -> tuple[TrainState, Metrics]:
     """A whole run, pure: create the state, scan ``epochs`` epochs (train_run's body)."""
-    carry = _start(plan, TrainState.create(model, optimizer, key))
+    state = _place(TrainState.create(model, optimizer, key), _replicated(plan.data_sharding))
+    carry = _start(plan, state)
     carry, curves = jax.lax.scan(
         lambda c, _: _epoch(model, optimizer, plan, c, data, eval_data, weight_decay),
         carry,
@@ -546,6 +626,7 @@ def _validate_run(
     data, eval_data = check_data(
         model, train_data, eval_data, batch_size=batch_size, sampling=sampling
     )
+    data_sharding = _check_distributed(data, eval_data, batch_size)
     plan = _plan(
         data[0].shape[0],
         batch_size=batch_size,
@@ -554,8 +635,47 @@ def _validate_run(
         weight_decay=weight_decay,
         has_eval=eval_data is not None,
         early_stopping=early_stopping,
+        data_sharding=data_sharding,
     )
     return plan, data, eval_data, weight_decay
+
+
+def _check_distributed(
+    data: Batch, eval_data: Batch | None, batch_size: int
+) -> NamedSharding | None:
+    """The data-parallel layout of a training set split over devices, checked: labels
+    split like the inputs, batches that split evenly, and (across processes) no set
+    held by one process only, which would be taken for the whole set."""
+    sharding = _data_sharding(data[0])
+    if sharding is None:
+        if _spans_processes(data[0]) or _spans_processes(data[1]):
+            raise ValueError(
+                "train_data spans processes but is not split along its examples over a "
+                "mesh; build it with pl.distributed.global_batch"
+            )
+        return None
+    if _data_sharding(data[1]) != sharding:
+        raise ValueError(
+            f"train_data's labels must be split over the devices like its inputs "
+            f"({sharding.spec}), got {getattr(data[1], 'sharding', None)}"
+        )
+    devices = (
+        sharding.mesh.shape[sharding.spec[0]]
+        if isinstance(sharding.spec[0], str)
+        else (int(np.prod([sharding.mesh.shape[a] for a in sharding.spec[0]])))
+    )
+    if batch_size % devices:
+        raise ValueError(
+            f"batch_size {batch_size} does not split evenly over the {devices} devices "
+            f"the training set is split over"
+        )
+    if _spans_processes(data[0]) and eval_data is not None:
+        if not all(_spans_processes(a) for a in eval_data):
+            raise ValueError(
+                "train_data spans processes but eval_data does not: build eval_data "
+                "from every process's rows with pl.distributed.global_batch too"
+            )
+    return sharding
 
 
 def train_run(
@@ -719,6 +839,7 @@ def fit(
     else:
         _check_resumable(state, model, optimizer)
         state = _copy(state)
+    state = _replicate_for(state, data[0])
     carry = _start(plan, state)
     history: dict[str, list[float]] = {"loss": [], "train_accuracy": [], "step_loss": []}
     if eval_data is not None:
@@ -778,6 +899,25 @@ def _count_correct(model: Model, params, model_state, x, y) -> jax.Array:
     return _correct(logits, y).sum()
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _count_correct_chunked(model: Model, chunk: int, sharding, params, model_state, x, y):
+    """The correct predictions on all of ``x`` in chunks of ``chunk`` rows, on the devices.
+
+    The last chunk overlaps the one before; the rows already counted are masked out."""
+    n = x.shape[0]
+    starts = jnp.minimum(jnp.arange(0, n, chunk), n - chunk)
+
+    def count(i, start):
+        xs = jax.lax.dynamic_slice_in_dim(x, start, chunk)
+        ys = jax.lax.dynamic_slice_in_dim(y, start, chunk)
+        logits, _ = model.apply(params, model_state, xs, train=False)
+        fresh = start + jnp.arange(chunk) >= i * chunk
+        return (_correct(logits, ys) & fresh).sum()
+
+    counts = jax.lax.map(lambda a: count(*a), (jnp.arange(starts.shape[0]), starts))
+    return _place(counts.sum(), _replicated(sharding))
+
+
 def evaluate(
     model: Model, state: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int = 10_000
 ) -> float:
@@ -798,6 +938,21 @@ def evaluate(
     batch_size = _checks.positive_int("batch_size", batch_size)
     x, y = _checks.pair("(x, y)", (x, y))
     _check_labels("(x, y)", model, x, y)
+    sharding = _data_sharding(x)
+    if sharding is not None or _spans_processes(x) or _spans_processes(y):
+        # A set split over devices (or processes) is never sliced on the host: one program
+        # scores it chunk by chunk and returns the replicated count.
+        if _data_sharding(y) != sharding:
+            raise ValueError(
+                f"(x, y): the labels must be split over the devices like the inputs "
+                f"({getattr(x, 'sharding', None)}), got {getattr(y, 'sharding', None)}"
+            )
+        state = _replicate_for(state, x)
+        chunk = min(batch_size, len(x))
+        count = _count_correct_chunked(
+            model, chunk, sharding, state.params, state.model_state, x, y
+        )
+        return float(distributed.to_host(count)) / len(x)
     correct = sum(
         _count_correct(
             model,

@@ -705,3 +705,36 @@ def test_arrays_spanning_processes_are_gathered_by_every_process(tmp_path):
             p.wait(timeout=60)
     for i, (stdout, stderr) in enumerate(outs):
         assert f"PROCESS_OK {i}" in stdout, stderr[-3000:]
+
+
+# -- directory checkpoints (orbax) -----------------------------------------------------------
+
+
+def test_directory_checkpoints_round_trip_and_refuse_corrupt_or_mismatched_data(tmp_path):
+    model, opt = pl.mlp([5, 8, 3], batch_norm=True), pl.adam(0.01)
+    state = {
+        "s": pl.TrainState.create(model, opt, 0),
+        "n": 3,
+        "np": np.arange(4, dtype=np.int64),
+        "none": None,
+    }
+    like = {**state, "s": pl.TrainState.create(model, opt, 1), "n": 0, "np": np.zeros(4, np.int64)}
+    path = tmp_path / "run"
+    pl.save_checkpoint(f"{path}/", state)  # a trailing separator selects the directory format
+    pl.save_checkpoint(path, state)  # now marked: a second step; the first is deleted after it
+    assert sorted(os.listdir(path)) == ["1", "purelearn-checkpoints.json"]
+    back = pl.load_checkpoint(path, like)
+    assert identical(back, state) and back["n"] == 3 and back["np"].dtype == np.int64
+    with pytest.raises(ValueError, match="lacks like_state's entries 'x'"):
+        pl.load_checkpoint(path, {**like, "x": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"entry 'np' is int64\[4\] in the checkpoint"):
+        pl.load_checkpoint(path, {**like, "np": np.zeros(5, np.int64)})
+    # A flipped byte in the data files (orbax misses some flips in array data; the
+    # stored checksums catch those).
+    chunks = path / "1" / "state" / "d"
+    for chunk in chunks.iterdir():
+        raw = bytearray(chunk.read_bytes())
+        raw[-3] ^= 0x01
+        chunk.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt"):
+        pl.load_checkpoint(path, like)
