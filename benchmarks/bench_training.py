@@ -91,10 +91,28 @@ def batch_indices(n: int, steps: int, seed: int = 0) -> list[np.ndarray]:
     return out[:steps]
 
 
-def make_epoch_fn(model: pl.Model, opt: optax.GradientTransformation) -> Callable:
-    """``pl.fit``'s compiled epoch, built the way ``fit`` builds it (private API)."""
-    step = training._step_fn(model, opt, 0.0)
-    return jax.jit(training._epoch_fn(step, BATCH), donate_argnums=0)
+def make_epoch_fn(model: pl.Model, opt: optax.GradientTransformation, n: int) -> Callable:
+    """The training half of ``pl.fit``'s epoch (private API), jitted afresh: the
+    engine's shuffled batches scanned through its step, ``(state, x, y) -> (state,
+    losses)``. ``fit`` then evaluates the training set on the device in the same
+    program; that is left out here so the work equals the flax loop's."""
+    plan = training._plan(
+        n, batch_size=BATCH, steps_per_epoch=None, sampling="epoch", weight_decay=0.0,
+        has_eval=False, early_stopping=None,
+    )  # fmt: skip
+    step = training._step_fn(model, opt, False)
+
+    def epoch(state, x, y):
+        batches = training._batches(state, x.shape[0], plan)
+        return jax.lax.scan(lambda s, idx: step(s, x[idx], y[idx], 0.0), state, batches)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_step_fn(model: pl.Model, opt: optax.GradientTransformation) -> Callable:
+    """``pl.make_train_step``'s program (private API) jitted afresh, to lower and compile."""
+    step = training._step_fn(model, opt, False)
+    return jax.jit(lambda state, x, y: step(state, x, y, 0.0), donate_argnums=0)
 
 
 # -- the flax + optax version ------------------------------------------------------
@@ -257,7 +275,7 @@ def main() -> None:
     pl_box = [pl.TrainState.create(model, opt, key)]
 
     # purelearn: fit's epoch program (one call = one shuffled epoch)
-    epoch_fn = make_epoch_fn(model, opt)
+    epoch_fn = make_epoch_fn(model, opt, x_dev.shape[0])
     fit_box = [pl.TrainState.create(model, opt, key)]
     epochs_per_chunk = max(1, round(chunk / steps_per_epoch))
 
@@ -406,8 +424,11 @@ def main() -> None:
     state0 = pl.TrainState.create(model, opt, key)
     xb, yb = dev_batches[0]
     makers = {
-        "pl.make_train_step": lambda: (pl.make_train_step(model, opt), (state0, xb, yb)),
-        "pl.fit epoch program": lambda: (make_epoch_fn(model, opt), (state0, x_dev, y_dev)),
+        "pl.make_train_step": lambda: (make_step_fn(model, opt), (state0, xb, yb)),
+        "pl.fit epoch program": lambda: (
+            make_epoch_fn(model, opt, x_dev.shape[0]),
+            (state0, x_dev, y_dev),
+        ),
         "flax + optax step": lambda: (
             jax.jit(flax_setup(key)[1], donate_argnums=0),
             (flax_setup(key)[0], xb, yb),
