@@ -157,6 +157,8 @@ def mlp(
     init: str | float | Initializer = "he",
     batch_norm: bool = False,
     dropout_rate: float = 0.0,
+    dropout_scale: str = "inverted",
+    batch_norm_eps: float = 1e-5,
 ) -> Model:
     """The textbook's fully connected net (``MultiLayerNetExtend``).
 
@@ -181,6 +183,14 @@ def mlp(
         "tanh" mean "xavier".
       batch_norm: insert batch normalization after each hidden affine layer.
       dropout_rate: drop probability in ``[0, 1)`` after each hidden activation.
+      dropout_scale: ``"inverted"`` (kept units scaled by ``1 / (1 - rate)`` in
+        training, nothing at inference) or ``"textbook"`` (the book's ``Dropout``:
+        the mask alone in training, ``x * (1 - rate)`` at inference). The same
+        function, but SGD on the textbook form trains like the inverted form at
+        ``(1 - rate)**2`` the learning rate (see :func:`~purelearn.dropout`).
+      batch_norm_eps: the ``eps`` added to the batch variance (the book's code
+        uses ``10e-7 = 1e-6``); it matters when the batch variance is that small,
+        e.g. with tiny initial weights.
 
     Returns:
       A :class:`Model`. ``params`` is a list with one dict per layer
@@ -197,13 +207,22 @@ def mlp(
       ((2, 3), [['b', 'bias', 'scale', 'w'], ['b', 'w']])
       >>> pl.mlp([4, 8, 3]) is pl.mlp((4, 8, 3))
       True
+      >>> book = pl.mlp([4, 8, 3], dropout_rate=0.2, dropout_scale="textbook")
+      >>> book is pl.mlp([4, 8, 3], dropout_rate=0.2, dropout_scale="textbook")
+      True
     """
+    checked = (_check_sizes(sizes), _check_activation(activation), _check_init(init))
+    use_bn = _checks.boolean("batch_norm", batch_norm)
+    rate = _checks.probability("dropout_rate", dropout_rate)
+    scale = _checks.choice("dropout_scale", dropout_scale, ("inverted", "textbook"))
+    eps = _checks.real("batch_norm_eps", batch_norm_eps, low=0, low_open=True)
     return _mlp(
-        _check_sizes(sizes),
-        _check_activation(activation),
-        _check_init(init),
-        _checks.boolean("batch_norm", batch_norm),
-        _checks.probability("dropout_rate", dropout_rate),
+        *checked,
+        use_bn,
+        rate,
+        # settings that change nothing map to one Model (and one compiled program)
+        scale if rate > 0 else "inverted",
+        eps if use_bn else 1e-5,
     )
 
 
@@ -214,6 +233,8 @@ def _mlp(
     init: str | float | Initializer,
     use_bn: bool,
     dropout_rate: float,
+    dropout_scale: str = "inverted",
+    bn_eps: float = 1e-5,
 ) -> Model:
     """:func:`mlp` on checked, canonical settings (one Model per distinct setting)."""
     if isinstance(activation, str):
@@ -282,12 +303,16 @@ def _mlp(
         for i, layer in enumerate(params[:-1]):
             x = x @ layer["w"] + layer["b"]
             if use_bn:
-                x, s = _batch_norm(x, layer["scale"], layer["bias"], model_state[i], train=train)
+                x, s = _batch_norm(
+                    x, layer["scale"], layer["bias"], model_state[i], train=train, eps=bn_eps
+                )
                 new_stats.append(s)
             x = act(x)
             if dropout_rate > 0:
                 layer_key = jax.random.fold_in(key, i) if train else None
-                x = dropout(layer_key, x, dropout_rate, deterministic=not train)
+                x = dropout(
+                    layer_key, x, dropout_rate, deterministic=not train, scale=dropout_scale
+                )
         return x @ params[-1]["w"] + params[-1]["b"], new_stats
 
     return Model(init_fn, apply_fn)

@@ -224,3 +224,68 @@ def test_paths_quick_still_runs_and_writes_its_numbers_and_figure(tmp_path, caps
     assert set(result["final"]) >= {"SGD", "Momentum", "AdaGrad", "Adam"}
     assert (out / "paths.png").stat().st_size > 0
     assert "wrote" in capsys.readouterr().out
+
+
+# -- --seeds ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds", ["0", "-2", "abc", "1.5"])
+def test_bad_seed_counts(tmp_path, capsys, no_experiments, seeds):
+    line = user_error(capsys, ["paths", "--seeds", seeds, "--out", str(tmp_path)])
+    assert "--seeds" in line and seeds in line
+    assert not no_experiments
+
+
+def test_seeds_running_past_32_bits(tmp_path, capsys, no_experiments):
+    line = user_error(
+        capsys, ["paths", "--seed", str(cli.MAX_SEED), "--seeds", "2", "--out", str(tmp_path)]
+    )
+    assert "--seeds 2" in line and "2**32 - 1" in line
+    assert not no_experiments
+
+
+@pytest.mark.parametrize(
+    "argv, seeds",
+    [
+        ([], cli.DEFAULT_SEEDS),
+        (["--quick"], cli.QUICK_SEEDS),
+        (["--seeds", "5"], 5),
+        (["--quick", "--seeds", "1"], 1),
+    ],
+)
+def test_seeds_reach_the_experiment(tmp_path, monkeypatch, argv, seeds):
+    got = []
+
+    def run(**kwargs):
+        got.append(kwargs)
+        raise Ran("paths")
+
+    monkeypatch.setitem(cli.EXPERIMENTS, "paths", run)
+    with pytest.raises(Ran):
+        cli.main(["paths", *argv, "--seed", "7", "--out", str(tmp_path), "--no-compile-cache"])
+    assert got[0]["seeds"] == seeds and got[0]["seed"] == 7
+
+
+def test_paths_json_records_the_seeds(tmp_path):
+    out = tmp_path / "out"
+    assert (
+        cli.main(["paths", "--seeds", "3", "--seed", "2", "--out", str(out), "--no-compile-cache"])
+        == 0
+    )
+    result = json.loads((out / "paths.json").read_text())
+    assert result["seeds"] == [2, 3, 4] and result["quick"] is False
+
+
+def test_the_default_seed_count_stops_at_the_last_seed(tmp_path, monkeypatch):
+    got = []
+
+    def run(**kwargs):
+        got.append(kwargs)
+        raise Ran("paths")
+
+    monkeypatch.setitem(cli.EXPERIMENTS, "paths", run)
+    with pytest.raises(Ran):
+        cli.main(
+            ["paths", "--seed", str(cli.MAX_SEED), "--out", str(tmp_path), "--no-compile-cache"]
+        )
+    assert got[0]["seeds"] == 1

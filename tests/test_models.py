@@ -315,3 +315,74 @@ def test_from_flax_linen_apply_errors_and_seeds():
     np.testing.assert_array_equal(a, b)
     p0, _ = model.init(jax.random.key(0))
     assert jax.tree.all(jax.tree.map(np.array_equal, params, p0))
+
+
+# -- the book's forms: dropout_scale and batch_norm_eps ---------------------------------------
+
+
+def test_textbook_dropout_net_equals_an_inverted_net_with_q_times_the_weights():
+    """The identity behind "SGD at q**2 the learning rate": book(V) == inverted(q V) for the
+    weights that read a dropout layer, in training (same key, same mask) and inference."""
+    rate, q = 0.25, 0.75
+    book = pl.mlp([6, 8, 8, 3], dropout_rate=rate, dropout_scale="textbook")
+    inverted = pl.mlp([6, 8, 8, 3], dropout_rate=rate)
+    params, state = book.init(jax.random.key(0))
+    scaled = [params[0]] + [{**p, "w": q * p["w"]} for p in params[1:]]
+    x = jax.random.normal(jax.random.key(1), (5, 6))
+    for train in (True, False):
+        key = jax.random.key(2) if train else None
+        a, _ = book.apply(params, state, x, train=train, key=key)
+        b, _ = inverted.apply(scaled, state, x, train=train, key=key)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_textbook_dropout_scales_by_q_at_inference_like_numpy():
+    model = pl.mlp([4, 5, 2], dropout_rate=0.2, dropout_scale="textbook")
+    params, state = model.init(jax.random.key(0))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    hidden = np.maximum(x @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"]), 0) * 0.8
+    expected = hidden @ np.asarray(params[1]["w"]) + np.asarray(params[1]["b"])
+    out, _ = model.apply(params, state, x, train=False)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-5, 1e-3])
+def test_batch_norm_eps_reaches_the_layer_like_numpy(eps):
+    model = pl.mlp([4, 3, 2], batch_norm=True, batch_norm_eps=eps, init=1e-3)
+    params, state = model.init(jax.random.key(0))
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    h = x @ np.asarray(params[0]["w"], np.float64) + np.asarray(params[0]["b"])
+    h = (h - h.mean(0)) / np.sqrt(h.var(0) + eps)  # tiny weights: variance ~1e-6, eps matters
+    h = np.maximum(h, 0)
+    expected = h @ np.asarray(params[1]["w"]) + np.asarray(params[1]["b"])
+    out, _ = model.apply(params, state, x, train=True)
+    np.testing.assert_allclose(out, expected, rtol=2e-4, atol=1e-6)
+
+
+def test_book_forms_are_memoized_and_kept_apart():
+    kw = {"dropout_rate": 0.2, "batch_norm": True}
+    a = pl.mlp([4, 3, 2], **kw, dropout_scale="textbook", batch_norm_eps=1e-6)
+    assert a is pl.mlp((4, 3, 2), **kw, dropout_scale="textbook", batch_norm_eps=1e-6)
+    assert a is not pl.mlp([4, 3, 2], **kw, batch_norm_eps=1e-6)
+    assert a is not pl.mlp([4, 3, 2], **kw, dropout_scale="textbook")
+    assert pl.mlp([4, 3, 2]) is pl.mlp([4, 3, 2], dropout_scale="inverted", batch_norm_eps=1e-5)
+    # settings without effect: no dropout layer, no batch norm
+    assert pl.mlp([4, 3, 2]) is pl.mlp([4, 3, 2], dropout_scale="textbook", batch_norm_eps=1e-6)
+    b = pl.mlp([4, 3, 2], batch_norm=True, batch_norm_eps=1e-6)
+    assert b is not pl.mlp([4, 3, 2], batch_norm=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"dropout_scale": "book"}, "dropout_scale.*'book'"),
+        ({"dropout_scale": None}, "dropout_scale.*None"),
+        ({"batch_norm_eps": 0.0}, "batch_norm_eps.*0.0"),
+        ({"batch_norm_eps": -1e-6}, "batch_norm_eps"),
+        ({"batch_norm_eps": float("nan")}, "batch_norm_eps.*nan"),
+        ({"batch_norm_eps": "1e-6"}, "batch_norm_eps"),
+    ],
+)
+def test_book_form_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pl.mlp([4, 3, 2], **kwargs)

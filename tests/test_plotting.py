@@ -1,421 +1,253 @@
-"""Figures, verdicts and the HTML report, on synthetic results of the experiments' schemas."""
+"""The generic drawing helpers, the records' figures, verdicts and tables on synthetic
+results, and the HTML report (no training here)."""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import importlib.util
-import json
-import math
 import re
-import sys
 
 import numpy as np
 import pytest
 
-from purelearn import plotting
+from purelearn import plotting, report
+from purelearn.experiments import EXPERIMENTS, Experiment, Verdict
 
 needs_mpl = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="matplotlib is an optional extra"
 )
 
 OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam"]
-ACTIVATIONS = ["sigmoid", "tanh", "relu"]
-INITS = ["std=1", "std=0.01", "xavier", "he"]
 
 
-def _common(quick: bool) -> dict:
-    return {"seconds": 1.5, "quick": quick, "data": "embedded MNIST sample (4000/1000)"}
-
-
-def _decay(n: int, start: float, end: float, rate: float, seed: int) -> list[float]:
-    """A noisy exponentially decaying loss curve."""
+def decay(n: int, end: float, seed: int) -> list[float]:
     rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    curve = end + (start - end) * np.exp(-rate * t / n)
-    return (curve * (1 + 0.05 * rng.standard_normal(n))).round(5).tolist()
+    curve = end + (2.3 - end) * np.exp(-5.0 * np.arange(n) / n)
+    return (curve * (1 + 0.02 * rng.standard_normal(n))).round(5).tolist()
 
 
-def _rise(n: int, end: float, speed: float = 5.0, start: float = 0.1) -> list[float]:
-    """An accuracy curve rising from ``start`` towards ``end``."""
-    t = np.arange(1, n + 1)
-    return (end + (start - end) * np.exp(-speed * t / n)).round(4).tolist()
-
-
-# ---------------------------------------------------------------------------
-# synthetic results, shaped like the textbook's outcome (agree) or against it
-# ---------------------------------------------------------------------------
-
-
-def paths_data(agree: bool = True) -> dict:
-    def zigzag():
-        p = [(-7.0, 2.0)]
-        for _ in range(30):
-            x, y = p[-1]
-            p.append((x * 0.905, -0.9 * y))
-        return p
-
-    def smooth(rate):
-        p = [(-7.0, 2.0)]
-        for _ in range(30):
-            x, y = p[-1]
-            p.append((x * rate, y * 0.6))
-        return p
-
-    paths = {"SGD": zigzag(), "Momentum": smooth(0.85), "AdaGrad": smooth(0.8), "Adam": smooth(0.8)}
-    if not agree:
-        paths["SGD"], paths["Momentum"] = paths["Momentum"], paths["SGD"]
+def optimizers_result(finals_per_seed: list[dict[str, float]]) -> dict:
+    """A synthetic optimizers result: seed i's curves end at finals_per_seed[i]."""
+    loss = {
+        k: [decay(100, f[k], 7 * i + j) for i, f in enumerate(finals_per_seed)]
+        for j, k in enumerate(OPTIMIZERS)
+    }
+    acc = {k: [0.9] * len(finals_per_seed) for k in OPTIMIZERS}
     return {
-        "final": {k: list(v[-1]) for k, v in paths.items()},
-        "paths": {k: [list(q) for q in v] for k, v in paths.items()},
-        "lr": {"SGD": 0.95, "Momentum": 0.1, "AdaGrad": 1.5, "Adam": 0.3},
-        "steps": 30,
-        **_common(False),
+        "loss": {k: v[0] for k, v in loss.items()},
+        "test_accuracy": {k: v[0] for k, v in acc.items()},
+        "iterations": 100,
+        "seeds": list(range(len(finals_per_seed))),
+        "per_seed": {"loss": loss, "test_accuracy": acc},
+        "data": "synthetic",
+        "quick": True,
+        "seconds": 1.0,
     }
 
 
-def loss_data(names, finals, iterations: int, quick: bool) -> dict:
-    return {
-        "loss": {
-            n: _decay(iterations, 2.3, f, 5.0 if f < 2.0 else 0.0, i)
-            for i, (n, f) in enumerate(zip(names, finals, strict=True))
-        },
-        "test_accuracy": {n: round(1 - f / 2.5, 3) for n, f in zip(names, finals, strict=True)},
-        "iterations": iterations,
-        **_common(quick),
-    }
+SGD_HIGH = dict(zip(OPTIMIZERS, [0.5, 0.1, 0.1, 0.05, 0.08, 0.01], strict=True))
+SGD_LOW = {**SGD_HIGH, "SGD": 0.02}
 
 
-def optimizers_data(agree: bool = True, quick: bool = False) -> dict:
-    finals = [0.4, 0.1, 0.09, 0.05, 0.12, 0.08] if agree else [0.05, 0.3, 0.2, 0.4, 0.2, 0.3]
-    return loss_data(OPTIMIZERS, finals, 200 if quick else 2000, quick)
+# -- helpers ----------------------------------------------------------------------------
 
 
-def init_data(agree: bool = True, quick: bool = False) -> dict:
-    finals = [2.3, 0.4, 0.2] if agree else [0.3, 0.4, 2.3]
-    return loss_data(["std=0.01", "xavier", "he"], finals, 300 if quick else 2000, quick)
-
-
-def _forward(activation: str, init: str, rng) -> list[dict]:
-    x = rng.standard_normal((300, 100))
-    std = {"std=1": 1.0, "std=0.01": 0.01, "xavier": 0.1, "he": math.sqrt(0.02)}[init]
-    f = {
-        "sigmoid": lambda a: 1 / (1 + np.exp(-a)),
-        "tanh": np.tanh,
-        "relu": lambda a: np.maximum(a, 0),
-    }[activation]
-    lo = -1.0 if activation == "tanh" else 0.0
-    layers = []
-    for _ in range(5):
-        x = f(x @ (rng.standard_normal((100, 100)) * std))
-        counts, edges = np.histogram(x, bins=30, range=(lo, 1.0))
-        layers.append(
-            {
-                "counts": counts.tolist(),
-                "edges": edges.round(4).tolist(),
-                "mean": round(float(x.mean()), 5),
-                "std": round(float(x.std()), 5),
-            }
-        )
-    return layers
-
-
-def activations_data(agree: bool = True, quick: bool = False) -> dict:
+def test_band_stats_against_numpy():
     rng = np.random.default_rng(0)
-    acts = ACTIVATIONS[-1:] if quick else ACTIVATIONS
-    settings = {
-        f"{a}, {i}": {"activation": a, "init": i, "layers": _forward(a, i, rng)}
-        for a in acts
-        for i in INITS
-    }
-    if not agree:  # ReLU with He shrinking like Xavier does
-        settings["relu, he"]["layers"] = settings["relu, xavier"]["layers"]
-    return {"settings": settings, **_common(quick)}
+    c = rng.normal(size=(5, 30))
+    mid, lo, hi = plotting.band_stats(c)
+    np.testing.assert_array_equal(mid, c.mean(0))
+    np.testing.assert_array_equal(lo, c.min(0))
+    np.testing.assert_array_equal(hi, c.max(0))
+    np.testing.assert_array_equal(plotting.band_stats(c, "median")[0], np.median(c, 0))
+    with pytest.raises(ValueError, match="center"):
+        plotting.band_stats(c, "mode")
 
 
-def batchnorm_data(agree: bool = True, quick: bool = False) -> dict:
-    n, epochs = (4, 5) if quick else (16, 20)
-    scales = np.logspace(0, -4, n).tolist()
-    good = [_rise(epochs, 0.95) for _ in scales]
-    bad = [_rise(epochs, 0.3 if i % 3 else 0.9, speed=2.0) for i in range(n)]
-    bn, plain = (good, bad) if agree else (bad, good)
-    return {
-        "weight_scales": scales,
-        "train_acc_bn": bn,
-        "train_acc_plain": plain,
-        "epochs": epochs,
-        **_common(quick),
-    }
+def test_smooth_curve_is_a_kaiser_moving_average():
+    x = np.random.default_rng(1).normal(size=50)
+    y = plotting.smooth_curve(x)
+    w = np.kaiser(11, 2)
+    w /= w.sum()
+    np.testing.assert_allclose(y[5:-5], np.convolve(x, w, mode="valid"), atol=1e-12)
 
 
-def overfit_data(keys, agree: bool = True, quick: bool = False) -> dict:
-    epochs = 60 if quick else 200
-    runs = {}
-    for i, key in enumerate(keys):
-        regularized = i > 0
-        gap = 0.1 if regularized == agree else 0.3
-        train = 0.85 if regularized else 1.0
-        runs[key] = {"train_acc": _rise(epochs, train), "test_acc": _rise(epochs, train - gap)}
-    return {"runs": runs, "epochs": epochs, **_common(quick)}
+@needs_mpl
+def test_band_shades_only_with_several_seeds():
+    fig = plotting.new_figure(3, 2)
+    ax = fig.add_subplot()
+    plotting.band(ax, [[0.0, 1.0, 2.0]], label="one")
+    assert len(ax.collections) == 0
+    line = plotting.band(ax, [[0.0, 1.0, 2.0], [1.0, 2.0, 4.0]], label="two")
+    (shade,) = ax.collections
+    np.testing.assert_array_equal(line.get_ydata(), [0.5, 1.5, 3.0])
+    verts = shade.get_paths()[0].vertices
+    assert verts[:, 1].min() == 0.0 and verts[:, 1].max() == 4.0
 
 
-def search_data(agree: bool = True, quick: bool = False, learned: bool = True) -> dict:
-    n, epochs = (6, 10) if quick else (100, 50)
-    rng = np.random.default_rng(1)
-    lrs = 10 ** rng.uniform(-6, -2, n)
-    wds = 10 ** rng.uniform(-8, -4, n)
-    # Accuracy grows with the learning rate (agree) or with the weight decay (against).
-    driver = np.log10(lrs) + 6 if agree else np.log10(wds) + 8
-    vals = 0.1 + 0.7 * driver / 4 if learned else np.full(n, 0.11)
+@needs_mpl
+def test_panels_grid_and_save(tmp_path):
+    assert plotting.grid(5, 4) == (2, 4)
+    fig = plotting.new_figure(6, 4)
+    axes = plotting.panels(fig, 5, 4, sharey=True)
+    assert len(axes) == 5 and len(fig.axes) == 5
+    plotting.label_outer(axes, "epochs", "accuracy")
+    path = plotting.save(fig, tmp_path / "sub" / "f.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_mpl
+def test_histogram_marks_a_cut_first_bin():
+    fig = plotting.new_figure(3, 2)
+    ax = fig.add_subplot()
+    plotting.histogram(ax, [500, 10, 20, 5], [0, 1, 2, 3, 4], cut_above=20)
+    assert any("bin 1 cut: 500" in t.get_text() for t in ax.texts)
+    assert ax.get_ylim()[1] == pytest.approx(26.0)
+
+
+@needs_mpl
+def test_search_figure_draws_bands_for_rerun_trials():
     trials = [
         {
-            "learning_rate": float(lr),
-            "weight_decay": float(wd),
-            "val_acc": round(float(v), 4),
-            "train_acc": round(float(min(1.0, v + 0.1)), 4),
-            "val_acc_curve": _rise(epochs, float(v)),
-            "train_acc_curve": _rise(epochs, float(min(1.0, v + 0.1))),
+            "learning_rate": 1e-2 / (i + 1),
+            "weight_decay": 1e-6,
+            "val_acc": 0.8 - 0.1 * i,
+            "val_acc_curve": [0.5, 0.8 - 0.1 * i],
+            "train_acc_curve": [0.6, 0.9],
         }
-        for lr, wd, v in zip(lrs, wds, vals, strict=True)
+        for i in range(3)
     ]
-    trials.sort(key=lambda t: -t["val_acc"])
-    return {
-        "trials": trials,
-        "space": {"learning_rate": [1e-6, 1e-2], "weight_decay": [1e-8, 1e-4]},
-        "num_trials": n,
-        "epochs": epochs,
-        **_common(quick),
-    }
+    spread = [{"val_acc_curve": [[0.5, 0.8], [0.4, 0.7]], "train_acc_curve": [[0.6, 0.9]] * 2}]
+    fig = plotting.search_figure(trials, k=3, spread=spread)
+    axes = fig.axes
+    assert len(axes) == 3
+    assert "2 seeds" in axes[0].get_title() and "seeds" not in axes[1].get_title()
+    assert len(axes[0].collections) == 2 and len(axes[1].collections) == 0
+    with pytest.raises(ValueError, match="k must be"):
+        plotting.search_figure(trials, k=0)
 
 
-MAKERS = {
-    "paths": lambda agree=True, quick=False: paths_data(agree),
-    "optimizers": optimizers_data,
-    "activations": activations_data,
-    "init": init_data,
-    "batchnorm": batchnorm_data,
-    "weight-decay": lambda agree=True, quick=False: overfit_data(["0", "0.1"], agree, quick),
-    "dropout": lambda agree=True, quick=False: overfit_data(["0", "0.15", "0.2"], agree, quick),
-    "search": search_data,
-}
+# -- records on synthetic results ---------------------------------------------------------
 
 
-@functools.cache
-def _stored(name: str, agree: bool, quick: bool) -> str:
-    return json.dumps(MAKERS[name](agree=agree, quick=quick))
-
-
-def make(name: str, agree: bool = True, quick: bool = False) -> dict:
-    """A fresh copy of the synthetic result, passed through JSON as the CLI stores it."""
-    return json.loads(_stored(name, agree, quick))
-
-
-# ---------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------
-
-# name -> (quick?) -> (number of axes, lines per axes)
-EXPECTED = {
-    "paths": {False: (4, 2), True: (4, 2)},
-    "optimizers": {False: (1, 6), True: (1, 6)},
-    "activations": {False: (60, 0), True: (20, 0)},
-    "init": {False: (1, 3), True: (1, 3)},
-    "batchnorm": {False: (16, 2), True: (4, 2)},
-    "weight-decay": {False: (2, 2), True: (2, 2)},
-    "dropout": {False: (3, 2), True: (3, 2)},
-    "search": {False: (20, 2), True: (6, 2)},
-}
+def test_optimizers_verdict_counts_seeds_with_effect_sizes():
+    record = EXPERIMENTS["optimizers"]
+    v = record.verdict(optimizers_result([SGD_HIGH, SGD_HIGH, SGD_LOW]))
+    assert (v.agrees, v.agreeing, v.seeds) == (True, 2, 3)
+    assert "in 2 of 3 seeds" in v.reason and " ± " in v.reason
+    v = record.verdict(optimizers_result([SGD_HIGH, SGD_LOW, SGD_LOW]))
+    assert (v.agrees, v.agreeing) == (False, 1)
+    head, rows = record.table(optimizers_result([SGD_HIGH, SGD_LOW]))
+    assert head[0] == "seed" and head[-1] == "agrees"
+    assert [r[-1] for r in rows] == ["yes", "no", "1 of 2"]
+    sgd = head.index("SGD final loss")
+    assert float(rows[0][sgd]) == pytest.approx(0.5, abs=0.05)
 
 
 @needs_mpl
-@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
-@pytest.mark.parametrize("name", plotting.EXPERIMENTS)
-def test_figure_has_expected_panels_and_lines(name, quick):
-    from matplotlib.figure import Figure
-
-    fig = plotting.figure(name, make(name, quick=quick))
-    assert isinstance(fig, Figure)
-    axes = [ax for ax in fig.axes if ax.get_visible()]
-    n_axes, n_lines = EXPECTED[name][quick]
-    assert len(axes) == n_axes
-    for ax in axes:
-        assert len(ax.get_lines()) == n_lines
-        assert ax.get_title()
-
-
-@needs_mpl
-def test_figure_titles_follow_the_textbook():
-    fig = plotting.figure("paths", make("paths"))
-    assert [ax.get_title() for ax in fig.axes] == [
-        "SGD (lr=0.95)",
-        "Momentum (lr=0.1)",
-        "AdaGrad (lr=1.5)",
-        "Adam (lr=0.3)",
-    ]
-    fig = plotting.figure("batchnorm", make("batchnorm"))
-    assert fig.axes[0].get_title() == "W:1"
-    labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert labels == ["Batch Normalization", "Normal (without BN)"]
-    assert [line.get_linestyle() for line in fig.axes[0].get_lines()] == ["-", "--"]
-    fig = plotting.figure("search", make("search"))
-    assert fig.axes[0].get_title().startswith("Best-1")
-    assert fig.axes[19].get_title().startswith("Best-20")
-
-
-@needs_mpl
-def test_loss_figure_smooths_and_labels_test_accuracy():
-    data = make("optimizers")
-    fig = plotting.figure("optimizers", data)
+def test_loss_figure_has_a_band_per_optimizer():
+    fig = EXPERIMENTS["optimizers"].figure(optimizers_result([SGD_HIGH, SGD_LOW]))
     (ax,) = fig.axes
-    assert ax.get_ylim() == (0.0, 1.0)
-    sgd = ax.get_lines()[0]
-    assert len(sgd.get_ydata()) == data["iterations"]
-    assert np.std(np.diff(sgd.get_ydata())) < np.std(np.diff(data["loss"]["SGD"]))
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[0] == f"SGD (test acc {data['test_accuracy']['SGD']:.3f})"
+    assert len(ax.lines) == 6 and len(ax.collections) == 6
+    assert "2 seeds" in ax.get_title()
+
+
+def test_a_single_seed_verdict_reads_one_of_one():
+    v = EXPERIMENTS["optimizers"].verdict(optimizers_result([SGD_HIGH]))
+    assert (v.agrees, v.agreeing, v.seeds) == (True, 1, 1)
+    assert "in 1 of 1 seed;" in v.reason
+
+
+def test_batchnorm_verdict_on_synthetic_curves():
+    rng = np.random.default_rng(0)
+    bn = np.clip(0.9 + 0.01 * rng.normal(size=(3, 4, 5)), 0, 1)
+    plain = np.full((3, 4, 5), 0.1)
+    plain[2] = 0.95  # one seed where the plain net wins everywhere
+    result = {
+        "weight_scales": [1, 0.1, 0.01, 0.001],
+        "per_seed": {"train_acc_bn": bn.tolist(), "train_acc_plain": plain.tolist()},
+        "seeds": [0, 1, 2],
+        "eps": 1e-6,
+    }
+    v = EXPERIMENTS["batchnorm"].verdict(result)
+    assert (v.agrees, v.agreeing, v.seeds) == (True, 2, 3)
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def toy_record(name: str = "toy") -> Experiment:
+    def verdict(result):
+        k = sum(result["ok"])
+        return Verdict(
+            k * 3 >= 2 * len(result["ok"]),
+            f"{k} <of> seeds",
+            k,
+            len(result["ok"]),
+            len(result["ok"]),
+        )
+
+    def figure(result):
+        fig = plotting.new_figure(2, 2)
+        plotting.band(fig.add_subplot(), result["curves"])
+        return fig
+
+    return Experiment(
+        name=name,
+        title="A toy & its title",
+        conclusion="Toys agree.",
+        order=1,
+        run=lambda **kw: {},
+        figure=figure,
+        verdict=verdict,
+        table=lambda r: (["seed", "x"], [["0", "1.0"], ["mean ± std", "1.0 ± 0.0"]]),
+        schema=dict,
+        explanation="Why <this> matters.",
+    )
 
 
 @needs_mpl
-def test_figure_is_not_registered_with_pyplot():
-    import matplotlib.pyplot as plt
-
-    before = plt.get_fignums()
-    plotting.figure("init", make("init"))
-    assert plt.get_fignums() == before
-
-
-def test_figure_rejects_unknown_experiment():
-    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
-        plotting.figure("nope", {})
-    with pytest.raises(ValueError, match="unknown experiment"):
-        plotting.verdict("nope", {})
-
-
-@needs_mpl
-@pytest.mark.parametrize("name", ["paths", "batchnorm", "search", "activations"])
-def test_save_figure_writes_png(tmp_path, name):
-    path = tmp_path / "sub" / f"{name}.png"
-    plotting.save_figure(name, make(name, quick=True), path)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert 300 < width < 2000 and 200 < height < 4000
+def test_report_shows_figure_table_explanation_and_verdict(tmp_path):
+    record = toy_record()
+    result = {
+        "ok": [True, True, False],
+        "curves": [[0, 1], [1, 2]],
+        "seconds": 2.5,
+        "seeds": [4, 5, 6],
+        "data": "d",
+        "quick": True,
+    }
+    path = report.write_report(
+        {"toy": result, "stray": {"seconds": 1}}, tmp_path, experiments={"toy": record}
+    )
+    page = path.read_text()
+    assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'src="toy.png"' in page and "A toy &amp; its title" in page
+    assert "Why &lt;this&gt; matters." in page and "2 &lt;of&gt; seeds" in page
+    assert "(2 of 3 seeds)" in page and 'class="summary"' in page
+    assert "seeds 4 to 6 (3)" in page and "quick run" in page
+    assert re.search(r"stray.*not judged", page, re.S)
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
 
 
-def test_figure_needs_matplotlib(monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=re.escape("pip install 'purelearn[examples]'")):
-        plotting.figure("init", make("init"))
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert plotting.verdict("init", make("init"))[0] is True  # verdicts need no matplotlib
-
-
-def test_smooth_curve():
-    assert plotting.smooth_curve([]).shape == (0,)
-    assert plotting.smooth_curve([3.0, 4.0]).tolist() == [3.0, 4.0]
-    x = np.r_[np.zeros(50), np.ones(50)]
-    y = plotting.smooth_curve(x)
-    assert y.shape == x.shape
-    assert np.all(np.diff(y) >= -1e-12) and 0 < y[50] < 1
-    np.testing.assert_allclose(plotting.smooth_curve(np.full(7, 2.0)), 2.0)
-
-
-# ---------------------------------------------------------------------------
-# verdicts
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
-@pytest.mark.parametrize("name", plotting.EXPERIMENTS)
-def test_verdict_agrees_with_textbook_shaped_data(name, quick):
-    agrees, reason = plotting.verdict(name, make(name, agree=True, quick=quick))
-    assert agrees is True, reason
-    assert re.search(r"\d", reason) and reason.endswith(".")
-
-
-@pytest.mark.parametrize("name", plotting.EXPERIMENTS)
-def test_verdict_disagrees_with_contrary_data(name):
-    agrees, reason = plotting.verdict(name, make(name, agree=False))
-    assert agrees is False, reason
-    assert re.search(r"\d", reason)
-
-
-def test_verdict_cannot_judge_incomplete_runs():
-    data = make("optimizers")
-    del data["loss"]["SGD"]
-    assert plotting.verdict("optimizers", data)[0] is None
-    assert plotting.verdict("search", search_data(learned=False))[0] is None
-    few = make("search")
-    few["trials"] = few["trials"][:2]
-    assert plotting.verdict("search", few)[0] is None
-    assert plotting.verdict("activations", {"settings": {}})[0] is None
-
-
-def test_overfit_verdict_needs_an_overfitting_baseline():
-    data = make("weight-decay")
-    data["runs"]["0"]["test_acc"] = data["runs"]["0"]["train_acc"]
-    agrees, reason = plotting.verdict("weight-decay", data)
-    assert agrees is False and "barely overfits" in reason
-
-
-def test_init_verdict_requires_std001_to_stall():
-    data = make("init")
-    data["loss"]["std=0.01"] = data["loss"]["xavier"]
-    agrees, reason = plotting.verdict("init", data)
-    assert agrees is False and "std=0.01 did learn" in reason
-
-
-# ---------------------------------------------------------------------------
-# tables and the report
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", plotting.EXPERIMENTS)
-def test_headline_table_is_rectangular(name):
-    head, rows = plotting.headline_table(name, make(name))
-    assert rows and all(len(row) == len(head) for row in rows)
-    assert all(isinstance(cell, str) for row in rows for cell in row)
-
-
-def test_search_table_ranks_top_20():
-    head, rows = plotting.headline_table("search", make("search"))
-    assert head[:2] == ["rank", "val acc"]
-    assert [r[0] for r in rows] == [str(i) for i in range(1, 21)]
-    accs = [float(r[1]) for r in rows]
-    assert accs == sorted(accs, reverse=True)
-
-
-def test_write_report(tmp_path):
-    results = {name: make(name) for name in plotting.EXPERIMENTS}
-    results["dropout"]["data"] = "<script>alert('x')</script> & more"
-    path = plotting.write_report(results, tmp_path, render_missing=False)
-    assert path == tmp_path / "report.html"
-    page = path.read_text(encoding="utf-8")
-    for name in plotting.EXPERIMENTS:
-        assert plotting.html.escape(plotting.TITLES[name]) in page
-        assert f'<img src="{name}.png"' in page
-        assert f'href="#exp-{name}"' in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
-    assert "<script" not in page
-    assert not re.search(r"(src|href)=\"(https?:|//)", page)
-    assert page.count("This run agrees with the textbook") == len(plotting.EXPERIMENTS)
-    assert "<table" in page and "1.5 s" in page
+def test_safe_verdict_on_broken_results():
+    v = report.safe_verdict(EXPERIMENTS["optimizers"], {"seeds": [0]})
+    assert v.agrees is None and "could not be judged" in v.reason
 
 
 @needs_mpl
-def test_write_report_skips_missing_and_renders_figures(tmp_path):
-    results = {"init": make("init", quick=True), "weight-decay": make("weight-decay", agree=False)}
-    path = plotting.write_report(results, tmp_path / "out")
-    page = path.read_text(encoding="utf-8")
-    assert (tmp_path / "out" / "init.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "out" / "weight-decay.png").exists()
-    assert plotting.html.escape(plotting.TITLES["init"]) in page
-    assert plotting.TITLES["paths"] not in page and 'src="paths.png"' not in page
-    assert "This run does not agree with the textbook" in page
-    assert "quick run" in page
-
-
-def test_write_report_survives_malformed_results(tmp_path):
-    results = {"paths": {"seconds": 0.1}, "custom": {"seconds": "n/a"}}
-    page = plotting.write_report(results, tmp_path, render_missing=False).read_text()
-    assert "cannot be judged" in page
-    assert "custom" in page
+def test_every_record_draws_its_figure_from_a_dropout_like_result(tmp_path):
+    curves = {"train_acc": [[0.5, 1.0], [0.6, 0.9]], "test_acc": [[0.4, 0.7], [0.5, 0.6]]}
+    result = {
+        "seeds": [0, 1],
+        "per_seed": {
+            "runs": {"0": curves, "0.2": curves},
+            "runs_inverted": {"0": curves, "0.2": curves},
+        },
+    }
+    fig = EXPERIMENTS["dropout"].figure(result)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4
+    assert all(len(ax.collections) == 2 for ax in visible)  # train and test bands
+    new = dataclasses.replace(EXPERIMENTS["dropout"], name="d2")
+    assert new.figure is EXPERIMENTS["dropout"].figure

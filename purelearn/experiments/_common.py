@@ -1,18 +1,160 @@
-"""What several experiments share: data loading and iteration-based training."""
+"""What the experiments share: the record, seeds, training over seeds, verdicts over seeds.
+
+An experiment is one :class:`Experiment` record in one module. Its ``run``
+trains every setting for several seeds (``seed, seed + 1, ...``) as vmapped,
+jitted programs and returns plain JSON-ready numbers: the textbook's keys hold
+the *first* seed's run (so ``seeds=1`` is the single run), and ``"per_seed"``
+holds the same numbers with a leading seed axis. Its ``verdict`` judges every
+seed on its own (:class:`SeedCheck`) and agrees with the textbook when a clear
+majority of the seeds do (:func:`clear_majority`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from purelearn import _checks
 from purelearn.datasets import load_mnist
 from purelearn.early_stopping import METRICS
 from purelearn.models import Model
-from purelearn.optimizers import sgd
 from purelearn.training import train_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+#: The largest seed: ``jax.random.key`` (without x64) keeps only a seed's low
+#: 32 bits, so ``2**32`` would silently repeat seed 0.
+MAX_SEED = 2**32 - 1
+
+#: Runs per vmapped call on CPU. On two cores a vmap of two MLP runs costs about
+#: 1.5 single runs, a vmap of four about 4 (the batched matmuls fall out of cache),
+#: so the runs go two at a time, padded to that width: one compiled program serves
+#: every number of seeds, and a run's numbers do not depend on how many seeds ran
+#: beside it (``seeds=1`` is bit for bit the first seed of ``seeds=N``).
+#: Accelerators take all runs in one call.
+CPU_CHUNK = 2
+
+Table = tuple[list[str], list[list[str]]]
+
+
+class SeedCheck(NamedTuple):
+    """One seed judged against the textbook: ``agrees`` (None: cannot tell) and the
+    named numbers the judgement rests on (the per-seed table's columns)."""
+
+    agrees: bool | None
+    numbers: dict[str, float]
+
+
+class Verdict(NamedTuple):
+    """An experiment's verdict over its seeds.
+
+    ``agrees`` is True when a clear majority of the seeds agree
+    (:func:`clear_majority`), None when most seeds cannot be judged;
+    ``reason`` states the count and the effect sizes (mean ± std over seeds).
+    """
+
+    agrees: bool | None
+    reason: str
+    agreeing: int
+    judged: int
+    seeds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One chapter experiment: what it is, how it runs, and how it is shown and judged.
+
+    Attributes:
+      name: the command's name for it (``purelearn <name>``).
+      title: a heading naming the textbook figure it reproduces.
+      conclusion: what the textbook concludes from it.
+      order: the textbook's figure number; the registry follows it.
+      run: ``run(*, seed=0, seeds=1, data="auto", quick=False) -> schema``.
+      figure: ``figure(result) -> matplotlib Figure`` (curves with seed bands).
+      verdict: ``verdict(result) -> Verdict``.
+      table: ``table(result) -> (header, rows)``: the per-seed numbers.
+      schema: the result's TypedDict, shared by the figure, verdict, table and JSON.
+      explanation: an optional paragraph the report shows (plain text).
+      seeded: False for a deterministic experiment (every seed gives the same run).
+
+    Calling the record runs it (``EXPERIMENTS["init"](seed=0)``).
+    """
+
+    name: str
+    title: str
+    conclusion: str
+    order: int
+    run: Callable[..., Any]
+    figure: Callable[[Mapping], Figure]
+    verdict: Callable[[Mapping], Verdict]
+    table: Callable[[Mapping], Table]
+    schema: type
+    explanation: str = ""
+    seeded: bool = True
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.run(**kwargs)
+
+
+# -- seeds -------------------------------------------------------------------------
+
+
+def seed_list(seed: int, seeds: int) -> list[int]:
+    """``[seed, seed + 1, ..., seed + seeds - 1]``, all within ``[0, MAX_SEED]``.
+
+    >>> seed_list(3, 2)
+    [3, 4]
+    """
+    seed = _checks.nonnegative_int("seed", seed)
+    seeds = _checks.positive_int("seeds", seeds)
+    if seed + seeds - 1 > MAX_SEED:
+        raise ValueError(
+            f"seed + seeds - 1 must be at most 2**32 - 1 = {MAX_SEED} (larger seeds repeat "
+            f"smaller ones), got seed={seed}, seeds={seeds}"
+        )
+    return [seed + i for i in range(seeds)]
+
+
+def keys_of(seeds: Sequence[int]) -> jax.Array:
+    """``jax.random.key(s)`` for every seed, stacked."""
+    return jnp.stack([jax.random.key(s) for s in seeds])
+
+
+def chunk_width(n: int, chunk: int | None = None) -> int:
+    """Runs per vmapped call: ``chunk``, else :data:`CPU_CHUNK` on CPU (even for fewer
+    runs: the same program for any count), else all ``n``."""
+    if chunk is None:
+        return CPU_CHUNK if jax.default_backend() == "cpu" else max(1, n)
+    return max(1, chunk)
+
+
+def in_chunks(call: Callable[..., Any], n: int, batched: Any, chunk: int) -> Any:
+    """``call(batched)`` on ``n`` runs, ``chunk`` at a time, as NumPy with a leading ``n`` axis.
+
+    ``batched`` is a pytree whose leaves have a leading axis of ``n``; the last
+    chunk is padded by repeating its last run (one compiled width), the
+    padding dropped.
+    """
+    parts = []
+    for start in range(0, n, chunk):
+        idx = np.arange(start, min(start + chunk, n))
+        padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
+        out = call(jax.tree.map(lambda a, p=padded: a[p], batched))
+        keep = len(idx)
+        parts.append(jax.tree.map(lambda a, k=keep: np.asarray(a)[:k], out))
+    return jax.tree.map(lambda *p: np.concatenate(p), *parts)
+
+
+# -- data --------------------------------------------------------------------------
 
 
 def mnist(data: str):
@@ -33,59 +175,220 @@ def subset(x, y, n: int, seed: int):
     return x[idx], y[idx]
 
 
-def compare_loss_curves(runs, data, *, iterations: int, key: jax.Array, desc: str):
-    """Train each ``name -> (model, optimizer)`` with the textbook's iteration loop.
+def subsets(x, y, n: int, seeds: Sequence[int]):
+    """:func:`subset` for every seed, stacked: ``(len(seeds), n, ...)``."""
+    idx = np.stack([np.random.default_rng(s).permutation(len(x))[:n] for s in seeds])
+    return x[idx], y[idx]
 
-    The loop is :func:`~purelearn.training.train_run` with ``sampling="random"``:
-    ``iterations`` steps on mini-batches of 128 drawn with replacement, then the
-    test set evaluated. Every run gets the same key (same initial draws, same
-    mini-batches), so the curves differ only by what the runs vary. Returns
-    per-step losses and test accuracies keyed by name.
-    """
-    from tqdm.auto import tqdm
 
-    train, test = data
-    losses, accuracies = {}, {}
-    for name, (model, optimizer) in tqdm(runs.items(), desc=desc, leave=False):
+# -- training over seeds ------------------------------------------------------------
+
+
+class Settings(NamedTuple):
+    """A run's static settings (part of the compiled program)."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int | None = None
+    sampling: str = "epoch"
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "optimizer", "settings", "shared_data", "decay")
+)
+def _curves(runs, data, eval_data, *, model, optimizer, settings, shared_data, decay):
+    """Curves of the runs in ``runs`` (key, weight decay, hyperparameters), vmapped."""
+
+    def one(run, data):
+        key, weight_decay, hparams = run
+        opt = optax.inject_hyperparams(optimizer)(**hparams) if hparams else optimizer
         _, curves = train_run(
             model,
-            optimizer,
-            train,
-            epochs=1,
-            batch_size=128,
-            steps_per_epoch=iterations,
-            sampling="random",
+            opt,
+            data,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
             key=key,
-            eval_data=test,
+            eval_data=eval_data,
+            weight_decay=weight_decay if decay else 0.0,
+            steps_per_epoch=settings.steps_per_epoch,
+            sampling=settings.sampling,
         )
-        losses[name] = [round(float(v), 5) for v in np.asarray(curves["step_loss"][0])]
-        accuracies[name] = round(float(curves["eval_accuracy"][-1]), 4)
-    return {"loss": losses, "test_accuracy": accuracies, "iterations": iterations}
+        return curves
+
+    return jax.vmap(one, in_axes=(0, None if shared_data else 0))(runs, data)
 
 
-def overfit_run(model: Model, train, test, *, epochs: int, seed: int, weight_decay=0.0):
-    """The overfitting experiments' run: SGD lr 0.01, batches of 100, the test set
-    evaluated after every epoch; :func:`~purelearn.training.train_run`'s curves."""
-    _, curves = train_run(
-        model,
-        sgd(0.01),
-        train,
-        epochs=epochs,
-        batch_size=100,
-        key=jax.random.key(seed),
-        eval_data=test,
-        weight_decay=weight_decay,
+def train_over(
+    model: Model,
+    optimizer: Any,
+    data: tuple[jax.Array, jax.Array],
+    *,
+    keys: jax.Array,
+    settings: Settings,
+    eval_data: tuple[jax.Array, jax.Array] | None = None,
+    weight_decay: np.ndarray | None = None,
+    hparams: Mapping[str, np.ndarray] | None = None,
+    shared_data: bool = True,
+    chunk: int | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`~purelearn.training.train_run` for ``len(keys)`` runs, vmapped in chunks.
+
+    Run ``i`` uses ``keys[i]``, ``weight_decay[i]`` (when given), the
+    hyperparameters ``hparams[name][i]`` (then ``optimizer`` is a factory,
+    wrapped in ``optax.inject_hyperparams``) and, unless ``shared_data``, the
+    training set ``data[0][i], data[1][i]``. Returns ``train_run``'s curves as
+    NumPy arrays with a leading run axis.
+    """
+    n = len(keys)
+    decay = weight_decay is not None
+    runs = (
+        keys,
+        jnp.asarray(weight_decay if decay else np.zeros(n), jnp.float32),
+        {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()},
     )
-    return curves
+    batched = (runs, None if shared_data else data)
+    call = functools.partial(
+        _curves,
+        model=model,
+        optimizer=optimizer,
+        settings=settings,
+        shared_data=shared_data,
+        decay=decay,
+    )
+
+    def chunk_call(b):
+        r, d = b
+        return call(r, data if shared_data else d, eval_data)
+
+    return in_chunks(chunk_call, n, batched, chunk_width(n, chunk))
 
 
-def train_test_curves(curves: dict[str, jax.Array]) -> dict[str, Any]:
-    """A run's JSON from :func:`~purelearn.training.train_run`'s curves: its per-epoch
+def round_list(a: Any, digits: int = 4) -> list:
+    """A NumPy array as nested lists of floats rounded to ``digits``."""
+    return np.round(np.asarray(a, np.float64), digits).tolist()
+
+
+def train_test_curves(curves: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """One run's JSON from :func:`~purelearn.training.train_run`'s curves: its per-epoch
     ``"history"`` in the engine's vocabulary, and the textbook's ``"train_acc"`` /
     ``"test_acc"`` names beside it (the experiments' JSON has always had them)."""
-    history = {name: np.round(np.asarray(curves[name], np.float64), 4).tolist() for name in METRICS}
+    history = {name: round_list(curves[name]) for name in METRICS}
     return {
         "train_acc": history["train_accuracy"],
         "test_acc": history["eval_accuracy"],
         "history": history,
     }
+
+
+def seed_curves(curves: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Per-seed ``"train_acc"`` / ``"test_acc"`` (``[seed][epoch]``) from curves with a
+    leading seed axis."""
+    return {
+        "train_acc": round_list(curves["train_accuracy"]),
+        "test_acc": round_list(curves["eval_accuracy"]),
+    }
+
+
+# -- numbers and verdicts -----------------------------------------------------------
+
+
+def tail_mean(values: Sequence[float], fraction: float = 0.1, cap: int | None = None) -> float:
+    """Mean of the last ``fraction`` of ``values`` (at least one, at most ``cap``).
+
+    >>> tail_mean([0.0] * 90 + [1.0] * 10)
+    1.0
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return float("nan")
+    k = max(1, round(v.size * fraction))
+    if cap is not None:
+        k = min(k, cap)
+    return float(np.mean(v[-k:]))
+
+
+def head_mean(values: Sequence[float], fraction: float = 0.1) -> float:
+    """Mean of the first ``fraction`` of ``values`` (at least one)."""
+    v = np.asarray(values, dtype=float)
+    return float(np.mean(v[: max(1, round(v.size * fraction))])) if v.size else float("nan")
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number for a table: fixed-point when readable, else scientific.
+
+    >>> fmt(0.12345), fmt(1e-5), fmt(float("nan"))
+    ('0.123', '1.00e-05', 'nan')
+    """
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "nan"
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.2e}"
+    return f"{v:.{digits}f}"
+
+
+def pm(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean ± std"`` over seeds (sample std), or the one value for one seed.
+
+    >>> pm([0.1, 0.3]), pm([0.5])
+    ('0.200 ± 0.141', '0.500')
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return fmt(v[0], digits)
+    return f"{fmt(v.mean(), digits)} ± {fmt(v.std(ddof=1), digits)}"
+
+
+def clear_majority(agreeing: int, seeds: int) -> bool:
+    """At least two thirds of the seeds (all of one or two seeds, 2 of 3, 3 of 4, 4 of 5).
+
+    >>> [clear_majority(k, 3) for k in range(4)]
+    [False, False, True, True]
+    """
+    return seeds > 0 and 3 * agreeing >= 2 * seeds
+
+
+def verdict_over(checks: Sequence[SeedCheck], claim: str, effect: str) -> Verdict:
+    """The verdict on per-seed ``checks``: "<claim> in k of n seeds; <effect>."."""
+    n = len(checks)
+    judged = [c for c in checks if c.agrees is not None]
+    k = sum(bool(c.agrees) for c in judged)
+    if 2 * len(judged) <= n:
+        return Verdict(None, f"most seeds cannot be judged: {effect}.", k, len(judged), n)
+    unit = "seed" if n == 1 else "seeds"
+    return Verdict(
+        clear_majority(k, n), f"{claim} in {k} of {n} {unit}; {effect}.", k, len(judged), n
+    )
+
+
+def column(checks: Sequence[SeedCheck], name: str) -> list[float]:
+    """One number across the seeds."""
+    return [c.numbers[name] for c in checks]
+
+
+def seed_table(
+    seeds: Sequence[int], checks: Sequence[SeedCheck], columns: Sequence[tuple]
+) -> Table:
+    """The per-seed table: one row per seed (its numbers and whether it agrees), then
+    the mean ± std over the seeds. ``columns`` are ``(number name, heading)`` or
+    ``(number name, heading, digits)`` (default 3 digits; 0 for counts)."""
+    word = {True: "yes", False: "no", None: "n/a"}
+    spec = [(c[0], c[1], c[2] if len(c) > 2 else 3) for c in columns]
+    rows = [
+        [str(s), *(fmt(c.numbers[name], d) for name, _, d in spec), word[c.agrees]]
+        for s, c in zip(seeds, checks, strict=True)
+    ]
+    if len(checks) > 1:
+        agree = sum(c.agrees is True for c in checks)
+        rows.append(
+            [
+                "mean ± std",
+                *(pm(column(checks, name), max(d, 1)) for name, _, d in spec),
+                f"{agree} of {len(checks)}",
+            ]
+        )
+    return ["seed", *(head for _, head, _ in spec), "agrees"], rows
