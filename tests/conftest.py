@@ -7,6 +7,7 @@ keeps them across runs, so a second run of the suite compiles little.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -15,7 +16,11 @@ import numpy as np
 
 from purelearn._cache import enable_compilation_cache
 
-enable_compilation_cache()
+_cache_dir = enable_compilation_cache()
+# Subprocesses the tests start (multi-device, multi-process, the command line) read these.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache_dir))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def host_leaves(tree: Any) -> list[np.ndarray]:
