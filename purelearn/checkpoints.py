@@ -371,21 +371,7 @@ def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
     except Exception as err:  # msgpack raises several types for a malformed payload
         raise ValueError(f"{path} is corrupt: its payload cannot be decoded ({err})") from err
     saved = _flatten_saved(tree)
-    wanted = [n for n, like in zip(names, likes, strict=True) if not _empty(like)]
-    extra = sorted(set(saved) - set(wanted))
-    missing = [n for n in wanted if n not in saved]
-    if extra or missing:
-
-        def listed(names: list[Name]) -> str:
-            more = f" and {len(names) - 10} more" if len(names) > 10 else ""
-            return ", ".join(map(_show, names[:10])) + more
-
-        parts = []
-        if extra:
-            parts.append(f"it has entries like_state lacks: {listed(extra)}")
-        if missing:
-            parts.append(f"it lacks like_state's entries {listed(missing)}")
-        raise ValueError(f"{path} does not match the structure of like_state: " + "; ".join(parts))
+    _check_same_names(str(path), saved, names, likes)
     leaves = [
         like if _empty(like) else _restore(path, n, saved[n], like)
         for n, like in zip(names, likes, strict=True)
