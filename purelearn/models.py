@@ -69,17 +69,17 @@ class Model(NamedTuple):
 # -- shared argument handling --------------------------------------------------
 
 
-def _inputs(x: Any) -> jax.Array:
-    """``x`` as an array with a leading batch axis."""
+def _inputs(x: Any, name: str = "x") -> jax.Array:
+    """``x`` as an array with a leading batch axis; errors call it ``name``."""
     if not isinstance(x, jax.Array):
         try:
             x = jnp.asarray(x)
         except (TypeError, ValueError) as err:
             raise ValueError(
-                f"x must be an array of inputs, got {type(x).__name__}: {err}"
+                f"{name} must be an array of inputs, got {type(x).__name__}: {err}"
             ) from err
     if x.ndim == 0:
-        raise ValueError(f"x must have a leading batch axis, got a scalar {x!r}")
+        raise ValueError(f"{name} must have a leading batch axis, got a scalar {x!r}")
     return x
 
 
@@ -326,20 +326,6 @@ _KINDS = (
 )
 
 
-def _sample(sample_input: Any) -> jax.Array:
-    try:
-        x = jnp.asarray(sample_input)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"sample_input must be an input batch (an array), got {sample_input!r}"
-        ) from err
-    if x.ndim == 0:
-        raise ValueError(
-            f"sample_input must be an input batch with a leading batch axis, got {sample_input!r}"
-        )
-    return x
-
-
 def _explain_input(err: Exception, x: jax.Array, sample: jax.ShapeDtypeStruct) -> None:
     """Re-raise a module's failure on ``x`` as a ValueError when ``x`` is not shaped like
     the sample input (the usual cause); otherwise let the original error stand."""
@@ -417,10 +403,10 @@ def from_flax(module: Any, sample_input: Any) -> Model:
                 f"the linen module {type(module).__name__} has no __call__: from_flax "
                 "applies module(x); give it a __call__ that maps inputs to logits"
             )
-        return _from_linen(module, _sample(sample_input))
+        return _from_linen(module, _inputs(sample_input, "sample_input"))
     if isinstance(module, nnx.Module):
         _check_nnx_call(type(module))
-        return _from_nnx(None, module, _sample(sample_input))
+        return _from_nnx(None, module, _inputs(sample_input, "sample_input"))
     if isinstance(module, type) and issubclass(module, linen.Module):
         raise ValueError(
             f"from_flax got the linen class {module.__name__}, not an instance: "
@@ -430,7 +416,9 @@ def from_flax(module: Any, sample_input: Any) -> Model:
         raise ValueError(f"{_KINDS}; got the class {module.__name__}")
     if not callable(module):
         raise ValueError(f"{_KINDS}; got {type(module).__name__} {module!r}")
-    return _from_nnx(_factory(module), None, _sample(sample_input), label=repr(module))
+    return _from_nnx(
+        _factory(module), None, _inputs(sample_input, "sample_input"), label=repr(module)
+    )
 
 
 def _from_linen(module: Any, sample_input: jax.Array) -> Model:
