@@ -7,7 +7,7 @@ and regularizers are pure functions. Everything is re-exported flat here::
     opt = pl.adam(1e-3)
 """
 
-from purelearn import distributed
+from purelearn import distributed, layout
 from purelearn._cache import enable_compilation_cache
 from purelearn.checkpoints import Checkpoints, load_checkpoint, save_checkpoint
 from purelearn.datasets import download_mnist, load_mnist
@@ -113,6 +113,7 @@ __all__ = [
     "Checkpoints",
     # many processes
     "distributed",
+    "layout",
     # data
     "load_mnist",
     "download_mnist",

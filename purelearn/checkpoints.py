@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from purelearn import _checks, _files
+from purelearn import _checks, _files, layout
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoints", "DIRECTORY_MARKER"]
 
@@ -302,7 +302,7 @@ def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
     directory, name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"path {path!r}: its directory {directory!r} does not exist")
-    names, leaves, _ = _entries(state)
+    names, leaves, _ = _entries(layout.to_pytree(state))
     # One device_get for all leaves: the transfers overlap.
     host = jax.device_get([_to_host(n, leaf) for n, leaf in zip(names, leaves, strict=True)])
     host = [x if _is_number(x) or _empty(x) else np.asarray(x, _native(x.dtype)) for x in host]
@@ -347,6 +347,11 @@ def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
         half-loaded.
     """
     path = _checks.file_path("path", path)
+    stored_like, like_state = like_state, layout.to_pytree(like_state)
+    return layout.pack_like(_load(path, like_state), stored_like)
+
+
+def _load(path: str, like_state: Any) -> Any:
     names, likes, treedef = _entries(like_state)
     _nest(names, likes, "like_state")  # the same check of distinct names as at saving
     for name, like in zip(names, likes, strict=True):
@@ -463,7 +468,7 @@ def _save_directory(
     """Save ``state`` as a new step of the directory checkpoint ``path``; its step."""
     import orbax.checkpoint as ocp
 
-    names, leaves, _ = _entries(state)
+    names, leaves, _ = _entries(layout.to_pytree(state))
     _nest(names, leaves, "state")
     arrays: list[Any] = []
     entries: list[dict[str, Any]] = []
@@ -783,5 +788,6 @@ class Checkpoints:
 
     def restore(self, like_state: Any, *, step: int | None = None) -> Any:
         """The state of ``step`` (default: the latest), as :func:`load_checkpoint` gives it."""
-        names, likes, treedef = _entries(like_state)
-        return _load_directory(self.directory, names, likes, treedef, step=step)
+        names, likes, treedef = _entries(layout.to_pytree(like_state))
+        state = _load_directory(self.directory, names, likes, treedef, step=step)
+        return layout.pack_like(state, like_state)

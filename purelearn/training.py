@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from purelearn import _checks, distributed
+from purelearn import _checks, _leafwise, distributed, layout
 from purelearn._cache import memoize
 from purelearn.checkpoints import load_checkpoint, save_checkpoint
 from purelearn.early_stopping import METRICS, EarlyStopping, EarlyStoppingState
@@ -62,28 +63,129 @@ Metrics = dict[str, jax.Array]
 Step = Callable[[Any, jax.Array, jax.Array], tuple[Any, Metrics]]
 
 
-class TrainState(NamedTuple):
+LAYOUTS = ("auto", "contiguous", "pytree")
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class TrainState:
     """Everything that changes during training, as one pytree.
 
     Attributes:
       step: number of steps taken (int32 scalar).
-      params: the model's trainable parameters.
+      params: the model's trainable parameters (always read as the pytree).
       model_state: the model's non-trainable state (batch-norm statistics).
-      opt_state: the optimizer's state.
+      opt_state: the optimizer's state (always read as the pytree the
+        optimizer's ``init`` makes for ``params``).
       key: the run's PRNG key; per-step keys are derived from it and ``step``.
+
+    Parameters and optimizer state may be *stored* contiguously (``layout``
+    of :meth:`create`; see :mod:`purelearn.layout`): one buffer per dtype,
+    so that a step passes a few arrays through ``jax.jit`` instead of three
+    per parameter and the optimizer updates everything in one pass.
+    ``state.params`` and ``state.opt_state`` still read as the pytrees, and
+    ``state._replace(params=tree)`` writes one (stored the same way). As a
+    pytree (``jax.tree.map``, donation, checkpoints' paths) its children are
+    what is stored; :func:`~purelearn.checkpoints.save_checkpoint` writes
+    the pytree form, so a checkpoint loads into either layout.
+
+    It behaves as the named tuple it used to be: ``_replace``, ``_fields``,
+    ``_asdict``, iteration and indexing over the five fields.
     """
 
-    step: jax.Array
-    params: Any
-    model_state: Any
-    opt_state: Any
-    key: jax.Array
+    __slots__ = ("_opt_state", "_params", "key", "model_state", "step")
+    _fields = ("step", "params", "model_state", "opt_state", "key")
+
+    def __init__(self, step: Any, params: Any, model_state: Any, opt_state: Any, key: Any):
+        self.step = step
+        self._params = params
+        self.model_state = model_state
+        self._opt_state = opt_state
+        self.key = key
+
+    @property
+    def params(self) -> Any:
+        return layout.to_pytree(self._params)
+
+    @property
+    def opt_state(self) -> Any:
+        return layout.to_pytree(self._opt_state)
+
+    @property
+    def layout(self) -> str:
+        """``"contiguous"`` if the parameters are stored in buffers, else ``"pytree"``."""
+        return "contiguous" if isinstance(self._params, layout.Packed) else "pytree"
+
+    def _stored(self) -> tuple[Any, ...]:
+        return (self.step, self._params, self.model_state, self._opt_state, self.key)
+
+    def _replace(self, **changes: Any) -> TrainState:
+        """A copy with some fields replaced; a pytree given for ``params`` or
+        ``opt_state`` is stored as the one it replaces is."""
+        stored = dict(zip(self._fields, self._stored(), strict=True))
+        for name, value in changes.items():
+            if name not in stored:
+                raise ValueError(f"TrainState has no field {name!r}; fields: {self._fields}")
+            old = stored[name]
+            if isinstance(old, layout.Packed) and value is not None:
+                if not isinstance(value, layout.Packed):
+                    value = layout.pack(value, old.storage)
+            stored[name] = value
+        return TrainState(**stored)
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+    def __iter__(self):
+        return iter((self.step, self.params, self.model_state, self.opt_state, self.key))
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getitem__(self, i: int) -> Any:
+        return tuple(self)[i]
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainState(step={self.step!r}, params={self._params!r}, "
+            f"model_state={self.model_state!r}, opt_state={self._opt_state!r}, key={self.key!r})"
+        )
+
+    def tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], None]:
+        keys = [jax.tree_util.GetAttrKey(name) for name in self._fields]
+        return list(zip(keys, self._stored(), strict=True)), None
+
+    def tree_flatten(self) -> tuple[tuple[Any, ...], None]:
+        return self._stored(), None
+
+    @classmethod
+    def tree_unflatten(cls, _: None, children: Any) -> TrainState:
+        return cls(*children)
 
     @classmethod
     def create(
-        cls, model: Model, optimizer: optax.GradientTransformation, key: jax.Array | int
+        cls,
+        model: Model,
+        optimizer: optax.GradientTransformation,
+        key: jax.Array | int,
+        *,
+        layout: str = "auto",
     ) -> TrainState:
         """Initialize the model and the optimizer from one key (or an int seed).
+
+        Args:
+          model, optimizer: the model and the optimizer.
+          key: a PRNG key or an int seed.
+          layout: how parameters and optimizer state are stored.
+            ``"contiguous"``: one buffer per dtype (needs an optimizer whose
+            rule is the same elementwise function on every leaf, which
+            :func:`~purelearn._leafwise.optimizer_storage` reads from its
+            traced program: all of purelearn's, optax's ``sgd``/``adam``/...
+            with schedules or ``inject_hyperparams``; not ``masked``,
+            ``multi_transform`` or ``clip_by_global_norm``). ``"pytree"``:
+            as the model and the optimizer make them. ``"auto"`` (default):
+            contiguous when the optimizer allows it and the model has
+            several parameter arrays, else pytree. The numbers are the same
+            either way.
 
         Example:
           >>> import jax, purelearn as pl
@@ -91,15 +193,70 @@ class TrainState(NamedTuple):
           >>> int(state.step), state.params[0]["w"].shape
           (0, (4, 3))
         """
+        _checks.choice("layout", layout, LAYOUTS)
         init_key, run_key = jax.random.split(_checks.key_or_seed("key", key))
         params, model_state = model.init(init_key)
-        return cls(
+        state = cls(
             step=jnp.zeros([], jnp.int32),
             params=params,
             model_state=model_state,
             opt_state=optimizer.init(params),
             key=run_key,
         )
+        return arrange(state, optimizer, layout)
+
+
+def _state_dict(state: TrainState) -> dict[str, Any]:
+    """flax.serialization's form: the named tuple's, fields by name, pytrees not buffers
+    (so ``flax.serialization.to_bytes(state)`` reads as it did before the storage)."""
+    return {name: serialization.to_state_dict(value) for name, value in state._asdict().items()}
+
+
+def _from_state_dict(like: TrainState, saved: dict[str, Any]) -> TrainState:
+    values = {
+        name: serialization.from_state_dict(value, saved[name], name=name)
+        for name, value in like._asdict().items()
+    }
+    return layout.pack_like(TrainState(**values), like)
+
+
+serialization.register_serialization_state(TrainState, _state_dict, _from_state_dict)
+
+
+def arrange(state: TrainState, optimizer: optax.GradientTransformation, how: str) -> TrainState:
+    """``state`` stored as ``how`` says (see :meth:`TrainState.create`'s ``layout``).
+
+    Raises ``ValueError`` for ``"contiguous"`` with an optimizer whose rule is
+    not the same elementwise function on every leaf, or non-numeric parameters.
+    """
+    _checks.choice("layout", how, LAYOUTS)
+    params, opt_state = state.params, state.opt_state
+    if how == "pytree":
+        return TrainState(state.step, params, state.model_state, opt_state, state.key)
+    storage = None
+    if layout.packable(params):
+        group = layout.layout_of(params)
+        if how == "contiguous" or group.num_leaves >= _MIN_LEAVES:
+            storage = _leafwise.optimizer_storage(optimizer, group)
+    if storage is None:
+        if how == "contiguous":
+            raise ValueError(
+                f"layout='contiguous' needs numeric parameters and an optimizer that applies "
+                f"one elementwise rule to every leaf; {optimizer!r} does not (a mask, a "
+                f"global norm or a per-leaf rule?): use layout='pytree'"
+            )
+        return TrainState(state.step, params, state.model_state, opt_state, state.key)
+    return TrainState(
+        state.step,
+        layout.pack(params),
+        state.model_state,
+        layout.pack(opt_state, storage),
+        state.key,
+    )
+
+
+#: with fewer parameter arrays than this, "auto" keeps the pytree (nothing to gain)
+_MIN_LEAVES = 2
 
 
 # -- validation -------------------------------------------------------------------
@@ -295,7 +452,8 @@ def _step_fn(model: Model, optimizer: optax.GradientTransformation, decay: bool)
     ``decay`` is static: False skips the penalty (weight decay known to be 0).
     """
 
-    def loss_fn(params, model_state, x, y, key, weight_decay):
+    def loss_fn(params, model_state, x, y, key, weight_decay, view):
+        params = params if view is None else view(params)
         logits, new_model_state = model.apply(params, model_state, x, train=True, key=key)
         data_loss, accuracy = _loss_and_accuracy(logits, y)
         loss = data_loss + l2_penalty(params, weight_decay) if decay else data_loss
@@ -305,10 +463,21 @@ def _step_fn(model: Model, optimizer: optax.GradientTransformation, decay: bool)
         dropout_root, _ = _streams(state)
         key = jax.random.fold_in(dropout_root, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        packed = isinstance(state._params, layout.Packed)
+        # Contiguous storage: the model and the penalty read the leaves as slices of the
+        # buffers, the gradient comes back as buffers, and the optimizer (proven leafwise
+        # when the state was arranged) updates the buffers themselves.
+        params = state._params.raw if packed else state._params
+        opt_state = state._opt_state.raw if packed else state._opt_state
+        view = functools.partial(layout.views, state._params.storage) if packed else None
         (loss, (model_state, accuracy)), grads = grad_fn(
-            state.params, state.model_state, x, y, key, weight_decay
+            params, state.model_state, x, y, key, weight_decay, view
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if packed:
+            params = layout.Packed(params, state._params.storage)
+            opt_state = layout.Packed(jax.tree.leaves(opt_state), state._opt_state.storage)
         # A batch whose loss or statistics are not finite (which optax.apply_if_finite
         # skips for the parameters) must not poison the running statistics for good.
         keep = jnp.isfinite(loss) & _all_finite(model_state)
@@ -317,7 +486,7 @@ def _step_fn(model: Model, optimizer: optax.GradientTransformation, decay: bool)
         )
         new_state = TrainState(
             step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
+            params=params,
             model_state=model_state,
             opt_state=opt_state,
             key=state.key,
@@ -416,14 +585,15 @@ def _explain_state(state: Any, model: Model, optimizer: Any, err: Exception) -> 
             f"got {type(state).__name__}"
         ) from err
     try:
-        expected = jax.eval_shape(optimizer.init, state.params)
+        params, opt_state = jax.eval_shape(lambda s: (s.params, s.opt_state), state)
+        expected = jax.eval_shape(optimizer.init, params)
     except Exception:
         return
-    if jax.tree.structure(expected) != jax.tree.structure(state.opt_state):
+    if jax.tree.structure(expected) != jax.tree.structure(opt_state):
         raise ValueError(
             "state.opt_state was made by a different optimizer than the one given "
             f"(expected the structure {jax.tree.structure(expected)}, got "
-            f"{jax.tree.structure(state.opt_state)}); create the state with this optimizer"
+            f"{jax.tree.structure(opt_state)}); create the state with this optimizer"
         ) from err
 
 
@@ -442,6 +612,7 @@ class _Plan(NamedTuple):
     monitor: str | None  # the metric early stopping watches
     # the training set's split over devices (data parallel), or None on one device
     data_sharding: NamedSharding | None = None
+    layout: str = "auto"  # how train_run's state is stored (TrainState.create's layout)
 
 
 def _plan(
@@ -454,6 +625,7 @@ def _plan(
     has_eval: bool,
     early_stopping: EarlyStopping | None,
     data_sharding: NamedSharding | None = None,
+    layout: str = "auto",
 ) -> _Plan:
     if steps_per_epoch is None:
         steps = n // batch_size
@@ -475,6 +647,7 @@ def _plan(
         early_stopping=early_stopping,
         monitor=early_stopping.watched(has_eval) if early_stopping is not None else None,
         data_sharding=data_sharding,
+        layout=_checks.choice("layout", layout, LAYOUTS),
     )
 
 
@@ -576,7 +749,8 @@ def _run(
     weight_decay: Any,
 ) -> tuple[TrainState, Metrics]:
     """A whole run, pure: create the state, scan ``epochs`` epochs (train_run's body)."""
-    state = _place(TrainState.create(model, optimizer, key), _replicated(plan.data_sharding))
+    state = TrainState.create(model, optimizer, key, layout=plan.layout)
+    state = _place(state, _replicated(plan.data_sharding))
     carry = _start(plan, state)
     carry, curves = jax.lax.scan(
         lambda c, _: _epoch(model, optimizer, plan, c, data, eval_data, weight_decay),
@@ -611,6 +785,7 @@ def _validate_run(
     early_stopping: Any,
     steps_per_epoch: Any,
     sampling: Any,
+    layout: Any = "auto",
 ) -> tuple[_Plan, Batch, Batch | None, Any]:
     """Everything a run takes, checked before anything is traced."""
     model = _check_model(model)
@@ -636,6 +811,7 @@ def _validate_run(
         has_eval=eval_data is not None,
         early_stopping=early_stopping,
         data_sharding=data_sharding,
+        layout=layout,
     )
     return plan, data, eval_data, weight_decay
 
@@ -691,6 +867,7 @@ def train_run(
     early_stopping: EarlyStopping | None = None,
     steps_per_epoch: int | None = None,
     sampling: str = "epoch",
+    layout: str = "auto",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """A whole training run as one compiled function: ``vmap`` it over keys or hyperparameters.
 
@@ -720,6 +897,8 @@ def train_run(
       steps_per_epoch, sampling: how batches are drawn (see the module doc);
         ``sampling="random"`` with ``steps_per_epoch`` is the textbook's
         iteration-based loop.
+      layout: how the state is stored: ``"auto"``, ``"contiguous"`` or
+        ``"pytree"`` (see :meth:`TrainState.create`); the numbers are the same.
 
     Returns:
       ``(state, curves)``; ``curves`` holds per-epoch arrays "loss",
@@ -750,6 +929,7 @@ def train_run(
         early_stopping=early_stopping,
         steps_per_epoch=steps_per_epoch,
         sampling=sampling,
+        layout=layout,
     )
     key = _checks.key_or_seed("key", key)
     return _jitted_run(model, optimizer, plan, epochs, key, data, eval_data, weight_decay)
@@ -776,6 +956,7 @@ def fit(
     callback: Callable[[int, TrainState, dict[str, list[float]]], Any] | None = None,
     steps_per_epoch: int | None = None,
     sampling: str = "epoch",
+    layout: str = "auto",
 ) -> tuple[TrainState, dict[str, list[float]]]:
     """Train for ``epochs`` epochs, as the textbook's ``Trainer`` does.
 
@@ -800,7 +981,8 @@ def fit(
       callback: ``callback(epoch, state, history)`` after each epoch; a
         truthy return value stops training. ``state`` is valid during the
         call (save it, read it); keep it with ``jax.tree.map(jnp.copy, state)``.
-      steps_per_epoch, sampling: as in :func:`train_run`.
+      steps_per_epoch, sampling, layout: as in :func:`train_run` (``layout``
+        is used when ``state`` is not given; a given state keeps its own).
 
     Returns:
       ``(state, history)``; ``history`` has per-epoch lists "loss" (mean
@@ -829,13 +1011,14 @@ def fit(
         early_stopping=early_stopping,
         steps_per_epoch=steps_per_epoch,
         sampling=sampling,
+        layout=layout,
     )
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable or None, got {callback!r}")
     if state is None:
         if key is None:
             raise ValueError("fit needs a key (or an int seed), or a state to resume from")
-        state = TrainState.create(model, optimizer, _checks.key_or_seed("key", key))
+        state = TrainState.create(model, optimizer, _checks.key_or_seed("key", key), layout=layout)
     else:
         _check_resumable(state, model, optimizer)
         state = _copy(state)
@@ -871,11 +1054,12 @@ def _check_resumable(state: Any, model: Model, optimizer: Any) -> None:
             f"got {type(state).__name__}"
         )
     want_params, want_model_state = jax.eval_shape(model.init, jax.random.key(0))
+    params, opt_state = jax.eval_shape(lambda s: (s.params, s.opt_state), state)
     want_opt = jax.eval_shape(optimizer.init, want_params)
     for name, want, got in (
-        ("params", want_params, state.params),
+        ("params", want_params, params),
         ("model_state", want_model_state, state.model_state),
-        ("opt_state", want_opt, state.opt_state),
+        ("opt_state", want_opt, opt_state),
     ):
         same = jax.tree.structure(want) == jax.tree.structure(got) and all(
             np.shape(a) == np.shape(b)
@@ -895,7 +1079,7 @@ def _check_resumable(state: Any, model: Model, optimizer: Any) -> None:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _count_correct(model: Model, params, model_state, x, y) -> jax.Array:
-    logits, _ = model.apply(params, model_state, x, train=False)
+    logits, _ = model.apply(layout.to_pytree(params), model_state, x, train=False)
     return _correct(logits, y).sum()
 
 
@@ -904,7 +1088,7 @@ def _count_correct_chunked(model: Model, chunk: int, sharding, params, model_sta
     """The correct predictions on all of ``x`` in chunks of ``chunk`` rows, on the devices.
 
     The last chunk overlaps the one before; the rows already counted are masked out."""
-    n = x.shape[0]
+    n, params = x.shape[0], layout.to_pytree(params)
     starts = jnp.minimum(jnp.arange(0, n, chunk), n - chunk)
 
     def count(i, start):
@@ -950,13 +1134,13 @@ def evaluate(
         state = _replicate_for(state, x)
         chunk = min(batch_size, len(x))
         count = _count_correct_chunked(
-            model, chunk, sharding, state.params, state.model_state, x, y
+            model, chunk, sharding, state._params, state.model_state, x, y
         )
         return float(distributed.to_host(count)) / len(x)
     correct = sum(
         _count_correct(
             model,
-            state.params,
+            state._params,
             state.model_state,
             x[start : start + batch_size],
             y[start : start + batch_size],

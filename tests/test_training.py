@@ -95,13 +95,16 @@ def test_step_is_pure_and_deterministic():
     assert trees_equal(a, b) and trees_equal(ma, mb)
 
 
-def test_step_donates_its_input_state():
-    model, opt = pl.mlp([5, 3]), pl.sgd(0.1)
-    state = fresh(model, opt)
+@pytest.mark.parametrize("layout", ["pytree", "contiguous"])
+def test_step_donates_its_input_state(layout):
+    model, opt = pl.mlp([5, 4, 3]), pl.sgd(0.1)
+    state = pl.TrainState.create(model, opt, 0, layout=layout)
     x, y = toy_data()
     step = pl.make_train_step(model, opt)
     step(state, x, y)
-    assert state.params[0]["w"].is_deleted()
+    assert all(a.is_deleted() for a in jax.tree.leaves(state._replace(key=None)))
+    with pytest.raises(RuntimeError, match="deleted"):
+        jnp.sum(state.params[0]["w"])
 
 
 class KeyProbe(nn.Module):

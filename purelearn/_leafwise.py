@@ -1,0 +1,241 @@
+"""Whether an optax transformation can run on contiguous buffers instead of the pytree.
+
+An optimizer whose rule is the same elementwise function on every leaf
+(SGD, momentum, Adam, ... with scalar schedules and injected
+hyperparameters) gives bit for bit the same numbers when handed the
+parameters as one buffer per dtype: the buffer is only the leaves side by
+side. One that treats leaves differently (``optax.masked``,
+``multi_transform``, a default weight-decay mask by rank) or mixes them
+(``clip_by_global_norm``, factored second moments) does not. Which is which
+is read from the programs themselves, not from a list of names: both
+``update``\\ s are traced (on the pytree and on the buffers) and compared
+equation by equation, with every value named by what it is computed from
+(a gradient, a parameter, a state buffer, a literal; never a leaf's shape).
+They must match, leaf by leaf, using only elementwise operations and
+scalars, and a leaf's result may depend on no other leaf. Anything the
+comparison does not understand counts as "not leafwise", which only costs
+speed: the pytree layout is then used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.extend import core as jex_core
+
+from purelearn._cache import memoize
+from purelearn.layout import Layout, Segment, Storage
+
+__all__ = ["optimizer_storage"]
+
+# Elementwise primitives: every non-scalar operand has the output's shape and
+# element k of the result depends only on element k of each operand.
+_ELEMENTWISE = frozenset(
+    """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp conj
+    convert_element_type copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 expm1
+    floor ge gt imag integer_pow is_finite le lgamma digamma log log1p logistic lt max
+    min mul ne neg nextafter not or pow real reduce_precision rem round rsqrt select_n
+    sign sin sinh sqrt square sub tan tanh xor""".split()
+)
+_CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+class _NotLeafwise(Exception):
+    pass
+
+
+class _Interner:
+    """Hash-consing: structurally equal expressions get the same small integer."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+
+    def __call__(self, key: Any) -> int:
+        return self.ids.setdefault(key, len(self.ids))
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != "sharding"))
+
+
+def _scalar(aval: Any) -> bool:
+    return getattr(aval, "shape", None) == ()
+
+
+def _run(jaxpr: Any, consts: Sequence[Any], args: Sequence[tuple[int, int | None]], intern):
+    """Canonical ids of ``jaxpr``'s outputs; each value is ``(id, leaf)`` where ``leaf``
+    is the pytree leaf it was computed from (None: from scalars only)."""
+    env: dict[Any, tuple[int, int | None]] = {}
+
+    def read(v: Any) -> tuple[int, int | None]:
+        if isinstance(v, jex_core.Literal):
+            return intern(("literal", str(v.aval.dtype), repr(np.asarray(v.val).tolist()))), None
+        return env[v]
+
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        if np.shape(c) != ():
+            raise _NotLeafwise("a non-scalar constant")
+        if isinstance(c, jax.core.Tracer):
+            env[v] = intern(("tracer", id(c))), None
+        else:
+            env[v] = intern(("const", str(np.asarray(c).dtype), repr(np.asarray(c).tolist()))), None
+    for v, a in zip(jaxpr.invars, args, strict=True):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        leaves = {leaf for _, leaf in ins if leaf is not None}
+        if len(leaves) > 1:
+            raise _NotLeafwise("an operation mixes two leaves")
+        leaf = leaves.pop() if leaves else None
+        inner = next((eqn.params[k] for k in _CALLS if k in eqn.params), None)
+        if inner is not None:
+            closed = inner if hasattr(inner, "consts") else None
+            body = closed.jaxpr if closed is not None else inner
+            outs = _run(body, closed.consts if closed is not None else [], ins, intern)
+        else:
+            outs = _equation(eqn, ins, leaf, intern)
+        for v, out in zip(eqn.outvars, outs, strict=True):
+            env[v] = out
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _equation(eqn: Any, ins: list, leaf: int | None, intern) -> list:
+    name = eqn.primitive.name
+    all_scalar = all(_scalar(v.aval) for v in (*eqn.invars, *eqn.outvars))
+    if name == "broadcast_in_dim" and _scalar(eqn.invars[0].aval):
+        key = ("broadcast", ins[0][0], str(eqn.outvars[0].aval.dtype))
+        return [(intern(key), leaf)]
+    if not (all_scalar or name in _ELEMENTWISE):
+        raise _NotLeafwise(f"{name} on an array")
+    base = (name, _params_key(eqn.params), tuple(i for i, _ in ins))
+    return [(intern((*base, k)), leaf) for k in range(len(eqn.outvars))]
+
+
+def _state_segments(tree_state: Any, flat_state: Any, group: Layout) -> tuple[Segment, ...] | None:
+    """Which leaves of the state made on the pytree are one buffer-sized leaf of the
+    state made on the buffers (a moment: one copy of the parameters), which one
+    scalar; None when the two do not line up."""
+    tree_leaves, flat_leaves = jax.tree.leaves(tree_state), jax.tree.leaves(flat_state)
+    k, n = len(group.dtypes), group.num_leaves
+    buffers = group.abstract_buffers()
+    params = jax.tree.leaves(group.abstract_tree())
+    segments: list[Segment] = []
+    i = j = 0
+    while j < len(flat_leaves):
+        chunk = flat_leaves[j : j + k]
+        if [(a.shape, a.dtype) for a in chunk] == [(b.shape, b.dtype) for b in buffers] and [
+            (a.shape, a.dtype) for a in tree_leaves[i : i + n]
+        ] == [(p.shape, p.dtype) for p in params]:
+            segments.append(Segment(True, tuple(range(j, j + k))))
+            i, j = i + n, j + k
+        elif i < len(tree_leaves) and _scalar(flat_leaves[j]) and _scalar(tree_leaves[i]):
+            if flat_leaves[j].dtype != tree_leaves[i].dtype:
+                return None
+            segments.append(Segment(False, (j,)))
+            i, j = i + 1, j + 1
+        else:
+            return None
+    return tuple(segments) if i == len(tree_leaves) else None
+
+
+@memoize
+def optimizer_storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:
+    """How to store ``optimizer``'s state beside parameters stored as ``group``, if its
+    rule is leafwise (see the module doc); else None.
+
+    The stored form is the state ``optimizer.init`` makes for the buffers
+    (the structure its ``update`` then takes); :class:`~purelearn.layout.Packed`
+    reads it back as the state made for the pytree.
+    """
+    try:
+        return _storage(optimizer, group)
+    except _NotLeafwise:
+        return None
+    except Exception:  # an optimizer that cannot take buffers at all
+        return None
+
+
+def _storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:
+    tree, flat = group.abstract_tree(), group.abstract_buffers()
+    tree_state = jax.eval_shape(optimizer.init, tree)
+    flat_state = jax.eval_shape(optimizer.init, flat)
+    segments = _state_segments(tree_state, flat_state, group)
+    if segments is None:
+        return None
+    storage = Storage(
+        jax.tree.structure(tree_state), jax.tree.structure(flat_state), segments, group
+    )
+    intern = _Interner()
+    flat_out = _trace(optimizer, flat, flat_state, storage, intern, per_leaf=False)
+    tree_out = _trace(optimizer, tree, tree_state, storage, intern, per_leaf=True)
+    return storage if flat_out == tree_out else None
+
+
+def _trace(optimizer, params, state, storage: Storage, intern, *, per_leaf: bool) -> list:
+    """The canonical ids of ``update``'s outputs (updates, then state), with the tree's
+    leaves mapped to the buffers they live in; a leaf's result checked to use that
+    leaf only."""
+    group = storage.group
+
+    def update(grads, state, params):
+        return optimizer.update(grads, state, params)
+
+    closed = jax.make_jaxpr(update)(params, state, params)
+    n = group.num_leaves
+    grads_in = [
+        (intern(("grad", group.buffer_of[i] if per_leaf else i)), i if per_leaf else None)
+        for i in range(n if per_leaf else len(group.dtypes))
+    ]
+    params_in = [
+        (intern(("param", group.buffer_of[i] if per_leaf else i)), i if per_leaf else None)
+        for i in range(n if per_leaf else len(group.dtypes))
+    ]
+    state_in: list[tuple[int, int | None]] = []
+    for s, seg in enumerate(storage.segments):
+        if seg.grouped and per_leaf:
+            state_in += [(intern(("state", s, group.buffer_of[i])), i) for i in range(n)]
+        elif seg.grouped:
+            state_in += [(intern(("state", s, b)), None) for b in range(len(group.dtypes))]
+        else:
+            state_in.append((intern(("state", s, 0)), None))
+    outs = _run(closed.jaxpr, closed.consts, [*grads_in, *state_in, *params_in], intern)
+    updates, new_state = outs[: len(grads_in)], outs[len(grads_in) :]
+    if per_leaf:
+        # the i-th update must be computed from leaf i (or from scalars only)
+        if any(leaf not in (i, None) for i, (_, leaf) in enumerate(updates)):
+            raise _NotLeafwise("an update uses another leaf")
+        ids = [u for u, _ in updates]
+        by_buffer = [ids[group.buffer_of.index(b)] for b in range(len(group.dtypes))]
+        if ids != [by_buffer[group.buffer_of[i]] for i in range(n)]:
+            raise _NotLeafwise("leaves of one buffer get different rules")
+        return [*by_buffer, *_state_ids(new_state, storage)]
+    return [u for u, _ in updates] + [s for s, _ in new_state]
+
+
+def _state_ids(new_state: list, storage: Storage) -> list[int]:
+    """The new state's ids, one per stored leaf: a moment's leaves must share one rule."""
+    group, out, i = storage.group, [], 0
+    n = group.num_leaves
+    for seg in storage.segments:
+        if not seg.grouped:
+            sid, leaf = new_state[i]
+            if leaf is not None:
+                raise _NotLeafwise("a scalar state entry computed from a leaf")
+            out.append(sid)
+            i += 1
+            continue
+        chunk = new_state[i : i + n]
+        if any(leaf not in (j, None) for j, (_, leaf) in enumerate(chunk)):
+            raise _NotLeafwise("a moment uses another leaf")
+        ids = [sid for sid, _ in chunk]
+        for b in range(len(group.dtypes)):
+            same = {ids[j] for j in range(n) if group.buffer_of[j] == b}
+            if len(same) != 1:
+                raise _NotLeafwise("leaves of one buffer get different rules")
+            out.append(same.pop())
+        i += n
+    return out

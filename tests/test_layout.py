@@ -1,0 +1,833 @@
+"""Contiguous parameter storage: packing, the leafwise proof, and equal trajectories.
+
+The oracles are written here: a NumPy concatenation for the buffers, plain
+slicing for the gradient, the optimizer run on the pytree for the buffers'
+update, and the pytree layout for every training entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import assert_trees_close, host_leaves, toy_data, trees_equal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import purelearn as pl
+from purelearn import layout
+from purelearn._leafwise import optimizer_storage
+
+BF16 = np.dtype(jnp.bfloat16)
+
+
+# -- the oracle: leaves grouped by dtype, concatenated with NumPy -------------------------
+
+
+def numpy_buffers(tree: Any) -> tuple[list[np.dtype], list[np.ndarray]]:
+    """One buffer per dtype in order of first appearance, leaves raveled back to back."""
+    leaves = [np.asarray(a) for a in jax.tree.leaves(tree)]
+    dtypes: list[np.dtype] = []
+    for a in leaves:
+        if a.dtype not in dtypes:
+            dtypes.append(a.dtype)
+    buffers = [
+        np.concatenate([np.ravel(a) for a in leaves if a.dtype == d]).astype(d) for d in dtypes
+    ]
+    return dtypes, buffers
+
+
+def numpy_slices(tree: Any, buffers: Any) -> list[Any]:
+    """The leaves of ``tree`` cut out of ``buffers`` by hand (offsets counted here)."""
+    dtypes, used = [], []
+    out = []
+    for a in jax.tree.leaves(tree):
+        d = np.dtype(a.dtype)
+        if d not in dtypes:
+            dtypes.append(d)
+            used.append(0)
+        b = dtypes.index(d)
+        n = math.prod(a.shape)
+        out.append(buffers[b][used[b] : used[b] + n].reshape(a.shape))
+        used[b] += n
+    return out
+
+
+def same_dtypes(a: Any, b: Any) -> bool:
+    return [x.dtype for x in host_leaves(a)] == [y.dtype for y in host_leaves(b)]
+
+
+def readable(state: pl.TrainState) -> tuple:
+    """Everything a state holds, read as pytrees."""
+    return state.step, state.params, state.model_state, state.opt_state, state.key
+
+
+# -- random trees ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    """A leaf to build: a dtype and a shape (a pytree leaf itself: not registered)."""
+
+    dtype: Any
+    shape: tuple[int, ...]
+
+
+def build(spec_tree: Any, seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+
+    def make(spec: LeafSpec) -> jax.Array:
+        if spec.dtype == np.bool_:
+            value = rng.random(spec.shape) > 0.5
+        elif spec.dtype == np.int32:
+            value = rng.integers(-1000, 1000, spec.shape)
+        else:
+            value = rng.normal(size=spec.shape) * 10
+        return jnp.asarray(np.asarray(value).astype(spec.dtype))
+
+    return jax.tree.map(make, spec_tree)
+
+
+leaf_specs = st.builds(
+    LeafSpec,
+    st.sampled_from([np.float32, np.float16, np.int32, np.bool_, BF16]),
+    # () is a scalar leaf; a 0 anywhere makes a zero-size one
+    st.lists(st.integers(0, 3), max_size=3).map(tuple),
+)
+spec_trees = st.recursive(
+    leaf_specs,
+    lambda children: st.one_of(
+        st.lists(st.one_of(children, st.none()), min_size=1, max_size=3),
+        st.dictionaries(st.text("abc", min_size=1, max_size=2), children, min_size=1, max_size=3),
+    ),
+    max_leaves=7,
+).filter(lambda t: len(jax.tree.leaves(t)) > 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec_tree=spec_trees, seed=st.integers(0, 2**16))
+def test_pack_is_a_numpy_concatenation_by_dtype_and_reads_back(spec_tree, seed):
+    tree = build(spec_tree, seed)
+    dtypes, expected = numpy_buffers(tree)
+    lay = layout.layout_of(tree)
+    assert list(lay.dtypes) == dtypes
+    assert list(lay.sizes) == [b.size for b in expected]
+    assert lay.num_leaves == len(jax.tree.leaves(tree))
+
+    packed = layout.pack(tree)
+    assert isinstance(packed, layout.Packed)
+    assert [b.shape for b in packed.buffers] == [b.shape for b in expected]
+    for got, want in zip(host_leaves(packed.buffers), expected, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    # the pytree children are the buffers, nothing else
+    assert len(jax.tree.leaves(packed)) == len(dtypes)
+
+    for back in (packed.tree, layout.unpack(packed), layout.to_pytree(packed)):
+        assert trees_equal(back, tree) and same_dtypes(back, tree)
+    # the hand-cut slices of the oracle's buffers are the tree again
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(numpy_slices(tree, expected), host_leaves(tree), strict=True)
+    )
+
+    copied = jax.tree.map(jnp.copy, packed)
+    assert isinstance(copied, layout.Packed) and copied.storage == packed.storage
+    assert trees_equal(copied.tree, tree)
+    # inside a trace pack and read back are slices and concatenations, same numbers
+    # (zero-size leaves: see test_a_trailing_zero_size_leaf_reads_back_inside_jit)
+    if all(a.size for a in jax.tree.leaves(tree)):
+        traced = jax.jit(lambda t: layout.pack(t).tree)(tree)
+        assert trees_equal(traced, tree) and same_dtypes(traced, tree)
+
+
+TRAILING_ZERO_SIZE = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp
+    from purelearn import layout
+
+    tree = [jnp.ones(2), jnp.zeros(0)]  # the dtype's last leaf holds nothing
+    back = jax.jit(lambda t: layout.pack(t).tree)(tree)
+    assert [a.shape for a in back] == [(2,), (0,)], back
+    print("READ_BACK")
+    """
+)
+
+
+def test_a_trailing_zero_size_leaf_reads_back_inside_jit():
+    # In a subprocess: slicing an empty leaf off a buffer's end aborts the whole process
+    # (std::length_error in XLA CPU's simplifier); the library never slices empty leaves.
+    out = subprocess.run(
+        [sys.executable, "-c", TRAILING_ZERO_SIZE], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "READ_BACK" in out.stdout, out.stderr[-2000:]
+
+
+def mixed_tree(scale: float = 1.0) -> dict[str, Any]:
+    return {
+        "a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * scale,
+        "b": [jnp.arange(4, dtype=jnp.int32) * int(scale), jnp.float32(scale)],
+        "c": jnp.zeros((0, 2), jnp.float16),
+        "d": jnp.full((3,), scale, jnp.float16),
+    }
+
+
+def test_pack_and_unpack_keep_leading_batch_axes_under_vmap():
+    examples = [mixed_tree(s) for s in (1.0, 2.0, 3.0)]
+    batched = jax.tree.map(lambda *xs: jnp.stack(xs), *examples)
+    storage = layout.storage_of(examples[0])
+
+    buffers = jax.vmap(lambda t: layout.pack(t).buffers)(batched)
+    for b, got in enumerate(buffers):
+        want = np.stack([numpy_buffers(t)[1][b] for t in examples])
+        assert np.array_equal(np.asarray(got), want)
+
+    stacked = layout.Packed(buffers, storage)  # buffers with a leading batch axis
+    assert trees_equal(stacked.tree, batched) and same_dtypes(stacked.tree, batched)
+    assert trees_equal(jax.vmap(lambda p: p.tree)(stacked), batched)
+    vmapped = jax.vmap(layout.pack)(batched)  # a Packed comes out of vmap batched
+    assert isinstance(vmapped, layout.Packed) and trees_equal(vmapped.tree, batched)
+
+    # two batch axes
+    twice = jax.tree.map(lambda a: jnp.stack([a, a + 1]), batched)
+    packed2 = jax.vmap(jax.vmap(layout.pack))(twice)
+    assert packed2.buffers[0].shape[:2] == (2, 3)
+    assert trees_equal(packed2.tree, twice)
+
+
+def test_packed_crosses_jit_as_its_buffers():
+    packed = layout.pack(mixed_tree())
+    out = jax.jit(lambda p: jax.tree.map(lambda b: b * 2, p))(packed)
+    assert isinstance(out, layout.Packed) and out.storage == packed.storage
+    want = jax.tree.map(lambda a: a * 2, mixed_tree())
+    assert trees_equal(out.tree, want)
+    # inside jit, .tree is traced slices of the buffers
+    inside = jax.jit(lambda p: jax.tree.map(lambda a: a + 1, p.tree))(packed)
+    assert trees_equal(inside, jax.tree.map(lambda a: a + 1, mixed_tree()))
+
+
+@pytest.mark.parametrize(
+    "tree, match",
+    [
+        ({}, "no array leaves"),
+        ([None, {}], "no array leaves"),
+        ({"k": jax.random.key(0), "w": jnp.ones(2)}, r"\['k'\].*key"),
+        ({"w": jnp.ones(2), "name": "conv"}, r"\['name'\].*str"),
+        ({"w": jnp.ones(2), "n": 3}, r"\['n'\]"),
+    ],
+)
+def test_pack_refuses_what_a_buffer_cannot_hold(tree, match):
+    with pytest.raises(ValueError, match=match):
+        layout.pack(tree)
+    with pytest.raises(ValueError, match=match):
+        layout.layout_of(tree)
+    assert not layout.packable(tree)
+
+
+def test_pack_with_a_storage_refuses_another_tree():
+    storage = layout.storage_of(mixed_tree())
+    with pytest.raises(ValueError, match="does not match the stored layout"):
+        layout.pack({"a": jnp.ones((2, 3))}, storage)
+    wrong_shape = {**mixed_tree(), "a": jnp.ones((3, 2))}
+    with pytest.raises(ValueError, match=r"shapes .*\(3, 2\).*\(2, 3\)"):
+        layout.pack(wrong_shape, storage)
+    assert trees_equal(layout.pack(mixed_tree(5.0), storage).tree, mixed_tree(5.0))
+
+
+def test_pack_with_a_storage_keeps_the_leaves_dtypes_or_refuses_a_mix():
+    storage = layout.storage_of({"a": jnp.ones(3), "b": jnp.ones(2)})
+    # one buffer cannot hold two dtypes; a silent cast would change the numbers
+    with pytest.raises(ValueError, match="dtype"):
+        layout.pack({"a": jnp.full(3, 7, jnp.int32), "b": jnp.ones(2)}, storage)
+    # a whole buffer of another dtype (a state cast as a whole) keeps that dtype
+    half = {"a": jnp.full(3, 0.1, jnp.float16), "b": jnp.full(2, 0.3, jnp.float16)}
+    packed = layout.pack(half, storage)
+    assert [b.dtype for b in packed.buffers] == [jnp.float16]
+    assert trees_equal(packed.tree, half) and same_dtypes(packed.tree, half)
+
+
+def test_layout_dtypes_are_the_buffers_dtypes_for_numpy_leaves():
+    tree = {"a": np.ones(3), "b": np.arange(2)}  # float64 / int64 NumPy, x64 off
+    packed = layout.pack(tree)
+    assert list(packed.storage.group.dtypes) == [b.dtype for b in packed.buffers]
+
+
+def test_to_pytree_and_pack_like_are_inverses():
+    packed = layout.pack(mixed_tree())
+    outer = {"p": packed, "n": jnp.ones(2), "none": None}
+    plain = layout.to_pytree(outer)
+    assert trees_equal(plain, {"p": mixed_tree(), "n": jnp.ones(2), "none": None})
+    again = layout.pack_like(jax.tree.map(lambda a: a + 1, plain), outer)
+    assert isinstance(again["p"], layout.Packed) and again["p"].storage == packed.storage
+    assert trees_equal(again["p"].tree, jax.tree.map(lambda a: a + 1, mixed_tree()))
+    nothing = {"w": jnp.ones(2)}
+    assert layout.to_pytree(nothing) is nothing and layout.pack_like(nothing, nothing) is nothing
+
+
+# -- views: the gradient comes back as buffers ----------------------------------------------
+
+VIEW_TREE = {
+    "a": jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
+    "b": [jnp.linspace(0.5, 2.0, 5, dtype=jnp.float32), jnp.full((2, 2), 0.25, jnp.float16)],
+    "c": jnp.float32(0.7),
+}
+
+
+def view_loss(tree: Any) -> jax.Array:
+    """Every leaf used differently, and leaves mixed: a gradient with no pattern to fake."""
+    leaves = [a.astype(jnp.float32) for a in jax.tree.leaves(tree)]
+    per_leaf = sum((i + 1) * jnp.sum(jnp.sin(a) * a) for i, a in enumerate(leaves))
+    return per_leaf + jnp.sum(leaves[0]) * jnp.sum(leaves[-1] ** 2)
+
+
+def plain_slices(raw: Any) -> Any:
+    return jax.tree.unflatten(jax.tree.structure(VIEW_TREE), numpy_slices(VIEW_TREE, raw))
+
+
+def test_views_gradient_equals_slicing_eagerly_under_jit_and_vmap():
+    storage = layout.storage_of(VIEW_TREE)
+    raw = layout.pack(VIEW_TREE).raw
+    assert trees_equal(layout.views(storage, raw), VIEW_TREE)
+
+    def by_views(r):
+        return view_loss(layout.views(storage, r))
+
+    def by_slices(r):
+        return view_loss(plain_slices(r))
+
+    want = jax.grad(by_slices)(raw)
+    for grad in (jax.grad(by_views), jax.jit(jax.grad(by_views))):
+        got = grad(raw)
+        assert jax.tree.structure(got) == jax.tree.structure(raw) and same_dtypes(got, raw)
+        assert_trees_close(got, want, rtol=1e-6)
+    np.testing.assert_allclose(by_views(raw), by_slices(raw), rtol=1e-6)
+
+    batch = jax.tree.map(lambda b: jnp.stack([b, b * 2, -b]), raw)
+    got = jax.jit(jax.vmap(jax.grad(by_views)))(batch)
+    for i in range(3):
+        one = jax.grad(by_slices)(jax.tree.map(lambda b, i=i: b[i], batch))
+        assert_trees_close(jax.tree.map(lambda b, i=i: b[i], got), one, rtol=1e-6)
+
+
+# -- the leafwise proof ---------------------------------------------------------------------
+
+# float32 and bfloat16 leaves (two buffers), a scalar leaf, leaves of several ranks
+PARAMS = {
+    "w": jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
+    "b": jnp.linspace(0.1, 0.4, 4, dtype=jnp.float32),
+    "e": [jnp.array([0.5, -0.25], jnp.bfloat16), jnp.linspace(-2.0, 2.0, 5, dtype=jnp.float32)],
+    "s": jnp.float32(0.3),
+}
+SCHEDULE = optax.linear_schedule(0.1, 0.01, 5)
+BY_RANK = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+
+
+def transformation(update, init=lambda p: optax.EmptyState()) -> optax.GradientTransformation:
+    return optax.GradientTransformation(init, lambda u, s, p=None: update(u, s))
+
+
+def map_updates(f):
+    return transformation(lambda u, s: (jax.tree.map(f, u), s))
+
+
+def map_leaves(f):
+    """``f(i, leaf, leaves)`` for the i-th leaf: rules that look at other leaves."""
+
+    def update(u, s):
+        leaves, treedef = jax.tree.flatten(u)
+        return jax.tree.unflatten(treedef, [f(i, a, leaves) for i, a in enumerate(leaves)]), s
+
+    return transformation(update)
+
+
+LEAFWISE = {
+    "pl.sgd": lambda: pl.sgd(0.1),
+    "pl.momentum": lambda: pl.momentum(0.1),
+    "pl.nesterov": lambda: pl.nesterov(0.1),
+    "pl.adagrad": lambda: pl.adagrad(0.1),
+    "pl.rmsprop": lambda: pl.rmsprop(0.1),
+    "pl.adam": lambda: pl.adam(0.1),
+    "pl.adamw": lambda: pl.adamw(0.1, weight_decay=0.1),
+    "pl.adam schedule": lambda: pl.adam(SCHEDULE),
+    "pl.momentum injected": lambda: optax.inject_hyperparams(pl.momentum)(learning_rate=0.1),
+    "optax.sgd": lambda: optax.sgd(0.1),
+    "optax.sgd nesterov": lambda: optax.sgd(SCHEDULE, momentum=0.9, nesterov=True),
+    "optax.adam": lambda: optax.adam(0.1),
+    "optax.adamw": lambda: optax.adamw(SCHEDULE, weight_decay=0.1),
+    "optax.lion": lambda: optax.lion(0.1),
+    "optax.adam injected": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=0.1),
+    "optax clip chain": lambda: optax.chain(optax.clip(0.5), optax.adam(0.1)),
+    # a rule per dtype is a rule per buffer: still leafwise
+    "rate by dtype": lambda: map_updates(lambda x: x * (0.5 if x.dtype == jnp.bfloat16 else 0.25)),
+}
+
+
+def grads_like(tree: Any, seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda a: jnp.asarray(rng.normal(size=a.shape).astype(np.float32)).astype(a.dtype), tree
+    )
+
+
+@pytest.mark.parametrize("name", list(LEAFWISE))
+def test_a_leafwise_optimizer_gives_the_same_numbers_on_the_buffers(name):
+    optimizer = LEAFWISE[name]()
+    group = layout.layout_of(PARAMS)
+    storage = optimizer_storage(optimizer, group)
+    assert storage is not None
+    tree_state = optimizer.init(PARAMS)
+    assert storage.treedef == jax.tree.structure(tree_state)
+
+    # the oracle: the optimizer on the pytree; then the same optimizer on the buffers
+    params, flat = PARAMS, layout.pack(PARAMS).raw
+    flat_state = optimizer.init(flat)  # the state made for the buffers themselves
+    for seed in range(3):
+        g = grads_like(PARAMS, seed)
+        updates, tree_state = optimizer.update(g, tree_state, params)
+        params = optax.apply_updates(params, updates)
+        flat_updates, flat_state = optimizer.update(layout.pack(g).raw, flat_state, flat)
+        flat = optax.apply_updates(flat, flat_updates)
+    for got, want in zip(flat, numpy_buffers(params)[1], strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), want.astype(np.float32), 1e-6)
+    read = layout.Packed(jax.tree.leaves(flat_state), storage).tree
+    assert_trees_close(read, tree_state, rtol=1e-6)
+
+
+NOT_LEAFWISE = {
+    "optax.masked": lambda: optax.masked(optax.sgd(0.1), BY_RANK),
+    "pl.adamw masked": lambda: pl.adamw(0.1, mask=BY_RANK),
+    "optax.adamw masked": lambda: optax.adamw(0.1, mask=BY_RANK),
+    "multi_transform": lambda: optax.multi_transform(
+        {"a": optax.sgd(0.1), "b": optax.adam(0.1)},
+        lambda p: jax.tree.map(lambda x: "a" if x.ndim > 1 else "b", p),
+    ),
+    "clip_by_global_norm": lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)),
+    "apply_if_finite": lambda: optax.apply_if_finite(optax.sgd(0.1), 3),
+    "adafactor": lambda: optax.adafactor(0.1),
+    "lamb": lambda: optax.lamb(0.1),
+    "MultiSteps": lambda: optax.MultiSteps(optax.sgd(0.1), 2),
+    "rate by ndim": lambda: map_updates(lambda x: x * (0.1 if x.ndim == 2 else 0.2)),
+    "rate by size": lambda: map_updates(lambda x: x / max(x.size, 1)),
+    "rate by shape": lambda: map_updates(lambda x: x * (x.shape[0] if x.ndim else 1)),
+    "rate by leaf index": lambda: map_leaves(lambda i, a, _: a * (i + 1)),
+    "uses leaf 0": lambda: map_leaves(
+        lambda i, a, leaves: a * leaves[0].astype(a.dtype).ravel()[0]
+    ),
+    "per-leaf noise": lambda: map_leaves(
+        lambda i, a, _: a + jax.random.normal(jax.random.key(i), a.shape, a.dtype)
+    ),
+    "cumsum": lambda: map_updates(lambda x: jnp.cumsum(x.ravel()).reshape(x.shape)),
+    "transpose": lambda: map_updates(lambda x: x.T.reshape(x.shape)),
+    "reverse": lambda: map_updates(lambda x: x[::-1] if x.ndim else x),
+    "position": lambda: map_updates(
+        lambda x: x * jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)
+    ),
+    "state by mean": lambda: transformation(
+        lambda u, s: (u, jax.tree.map(lambda m, g: m + jnp.mean(g), s, u)),
+        init=lambda p: jax.tree.map(jnp.zeros_like, p),
+    ),
+    "state by global norm": lambda: transformation(
+        lambda u, s: (u, s + optax.tree.norm(u)), init=lambda p: jnp.zeros([], jnp.float32)
+    ),
+    "state counts leaves": lambda: transformation(
+        lambda u, s: (u, s + len(jax.tree.leaves(u))), init=lambda p: jnp.zeros([], jnp.int32)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_LEAFWISE))
+def test_a_rule_that_tells_leaves_apart_is_not_leafwise(name):
+    assert optimizer_storage(NOT_LEAFWISE[name](), layout.layout_of(PARAMS)) is None
+
+
+SAME_SHAPES = {"a": jnp.ones(3), "b": jnp.full(3, 2.0), "c": jnp.full(3, 3.0)}
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        lambda i, a, leaves: leaves[len(leaves) - 1 - i],  # swap leaves: elementwise, mixed
+        lambda i, a, leaves: a + leaves[0],  # add the first leaf to every leaf
+        lambda i, a, leaves: a * leaves[(i + 1) % len(leaves)],
+    ],
+    ids=["reversed", "plus first", "times next"],
+)
+def test_elementwise_rules_that_mix_leaves_are_not_leafwise(rule):
+    # only elementwise operations here: the leaf bookkeeping alone must refuse them
+    assert optimizer_storage(map_leaves(rule), layout.layout_of(SAME_SHAPES)) is None
+
+
+# -- trajectories: contiguous equals pytree -----------------------------------------------
+
+OPTIMIZERS = {
+    "sgd": lambda: pl.sgd(0.1),
+    "momentum": lambda: pl.momentum(0.05),
+    "nesterov": lambda: pl.nesterov(0.05),
+    "adagrad": lambda: pl.adagrad(0.05),
+    "rmsprop": lambda: pl.rmsprop(0.01),
+    "adam": lambda: pl.adam(0.01),
+    "adamw": lambda: pl.adamw(0.01, weight_decay=0.1),
+    "optax.lion": lambda: optax.lion(0.003),
+}
+# Adam-like rules divide by a tiny second moment: float32 rounding differences in the
+# (differently fused) gradient grow a little more than elsewhere.
+CLOSE = {"rtol": 2e-6, "atol": 1e-7}
+
+
+def run_steps(model, optimizer, how, n=6, weight_decay=0.05, seed=0):
+    x, y = toy_data(n=32)
+    state = pl.TrainState.create(model, optimizer, seed, layout=how)
+    assert state.layout == how
+    step = pl.make_train_step(model, optimizer, weight_decay=weight_decay)
+    metrics = []
+    for i in range(n):
+        # different batches each step: the trajectories cannot agree by accident
+        state, m = step(state, jnp.roll(x, 3 * i, axis=0), jnp.roll(y, 3 * i, axis=0))
+        metrics.append(m)
+    return state, metrics
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_contiguous_steps_equal_pytree_steps(name):
+    model, optimizer = pl.mlp([5, 8, 3], dropout_rate=0.2), OPTIMIZERS[name]()
+    flat, flat_metrics = run_steps(model, optimizer, "contiguous")
+    tree, tree_metrics = run_steps(model, optimizer, "pytree")
+    assert flat.layout == "contiguous" and tree.layout == "pytree"
+    assert int(flat.step) == 6
+    assert_trees_close(readable(flat), readable(tree), **CLOSE)
+    assert_trees_close(flat_metrics, tree_metrics, **CLOSE)
+    # training moved the parameters: equality is not the untouched initialization
+    start = pl.TrainState.create(model, optimizer, 0, layout="pytree")
+    assert not np.allclose(host_leaves(flat.params)[0], host_leaves(start.params)[0])
+
+
+def test_batch_norm_steps_equal_pytree_steps():
+    # Momentum, not Adam: with batch norm the pre-norm biases get gradients that are zero
+    # up to rounding, and Adam would blow that rounding up to +-lr (see test_training).
+    model, optimizer = pl.mlp([5, 8, 8, 3], batch_norm=True, dropout_rate=0.1), pl.momentum(0.05)
+    flat, flat_metrics = run_steps(model, optimizer, "contiguous", n=8)
+    tree, tree_metrics = run_steps(model, optimizer, "pytree", n=8)
+    assert jax.tree.leaves(flat.model_state)
+    assert_trees_close(readable(flat), readable(tree), **CLOSE)
+    assert_trees_close(flat_metrics, tree_metrics, **CLOSE)
+
+
+class MixedPrecision(nn.Module):
+    """A bfloat16 layer and a float32 one: two buffers."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Dense(8, param_dtype=jnp.bfloat16, dtype=jnp.float32)(x))
+        return nn.Dense(3)(x)
+
+
+def test_mixed_dtype_parameters_train_the_same_in_two_buffers():
+    model, optimizer = pl.from_flax(MixedPrecision(), jnp.ones((1, 5))), pl.adam(0.01)
+    flat, flat_metrics = run_steps(model, optimizer, "contiguous", weight_decay=0.0)
+    tree, tree_metrics = run_steps(model, optimizer, "pytree", weight_decay=0.0)
+    stored = jax.tree_util.tree_flatten_with_path(flat)[0]
+    params = [a for p, a in stored if jax.tree_util.keystr(p).startswith(".params")]
+    assert [np.dtype(a.dtype) for a in params] == [BF16, np.dtype(np.float32)]  # two buffers
+    assert_trees_close(readable(flat), readable(tree), **CLOSE)
+    assert same_dtypes(flat.params, tree.params) and same_dtypes(flat.opt_state, tree.opt_state)
+    assert_trees_close(flat_metrics, tree_metrics, **CLOSE)
+
+
+def test_a_non_leafwise_optimizer_falls_back_or_is_refused():
+    model = pl.mlp([5, 8, 3])
+    for optimizer in (optax.masked(optax.sgd(0.1), BY_RANK), pl.adamw(0.1, mask=BY_RANK)):
+        assert pl.TrainState.create(model, optimizer, 0).layout == "pytree"
+        with pytest.raises(ValueError, match=r"layout='contiguous'.*layout='pytree'"):
+            pl.TrainState.create(model, optimizer, 0, layout="contiguous")
+        with pytest.raises(ValueError, match="layout='contiguous'"):
+            pl.train_run(model, optimizer, toy_data(n=32), epochs=1, batch_size=16, key=0,
+                         layout="contiguous")  # fmt: skip
+    assert pl.TrainState.create(model, pl.sgd(), 0).layout == "contiguous"  # auto, leafwise
+    with pytest.raises(ValueError, match="layout"):
+        pl.TrainState.create(model, pl.sgd(), 0, layout="flat")
+    with pytest.raises(ValueError, match="layout"):
+        pl.fit(model, pl.sgd(), toy_data(n=32), epochs=1, batch_size=16, key=0, layout="flat")
+
+
+def test_auto_keeps_a_single_parameter_array_as_a_pytree():
+    model = pl.from_flax(nn.Dense(3, use_bias=False), jnp.ones((1, 5)))
+    assert pl.TrainState.create(model, pl.adam(), 0).layout == "pytree"
+    state = pl.TrainState.create(model, pl.adam(), 0, layout="contiguous")
+    assert state.layout == "contiguous"
+    assert trees_equal(readable(state), readable(pl.TrainState.create(model, pl.adam(), 0)))
+
+
+def test_masked_optimizer_under_auto_trains_as_the_pytree():
+    model, optimizer = pl.mlp([5, 8, 3]), optax.masked(optax.adam(0.01), BY_RANK)
+    auto, _ = run_steps(model, optimizer, "pytree")
+    state = pl.TrainState.create(model, optimizer, 0)
+    step = pl.make_train_step(model, optimizer, weight_decay=0.05)
+    x, y = toy_data(n=32)
+    for i in range(6):
+        state, _ = step(state, jnp.roll(x, 3 * i, axis=0), jnp.roll(y, 3 * i, axis=0))
+    assert state.layout == "pytree" and trees_equal(readable(state), readable(auto))
+
+
+def test_fit_history_is_the_same_in_both_layouts():
+    model, optimizer = pl.mlp([5, 8, 3], dropout_rate=0.1), pl.adam(0.01)
+    data, held_out = toy_data(n=64), toy_data(n=32, seed=2)
+    kw = {"epochs": 3, "batch_size": 16, "key": 1, "eval_data": held_out, "progress": False}
+    flat, h_flat = pl.fit(model, optimizer, data, weight_decay=0.01, layout="contiguous", **kw)
+    tree, h_tree = pl.fit(model, optimizer, data, weight_decay=0.01, layout="pytree", **kw)
+    assert flat.layout == "contiguous" and tree.layout == "pytree"
+    assert set(h_flat) == set(h_tree)
+    for name in h_tree:
+        np.testing.assert_allclose(h_flat[name], h_tree[name], rtol=2e-6, err_msg=name)
+    assert_trees_close(readable(flat), readable(tree), rtol=1e-5, atol=1e-7)
+    assert pl.evaluate(model, flat, *held_out) == pl.evaluate(model, tree, *held_out)
+
+
+@pytest.mark.slow
+def test_train_run_curves_are_the_same_in_both_layouts():
+    model = pl.mlp([5, 8, 3], batch_norm=True, dropout_rate=0.1)
+    optimizer = pl.momentum(0.05)  # batch norm: see test_batch_norm_steps_equal_pytree_steps
+    kw = {"epochs": 3, "batch_size": 16, "key": 4, "eval_data": toy_data(n=32, seed=2),
+          "weight_decay": 0.01}  # fmt: skip
+    flat, c_flat = pl.train_run(model, optimizer, toy_data(n=64), layout="contiguous", **kw)
+    tree, c_tree = pl.train_run(model, optimizer, toy_data(n=64), layout="pytree", **kw)
+    assert flat.layout == "contiguous" and tree.layout == "pytree"
+    assert_trees_close(c_flat, c_tree, rtol=1e-6, atol=1e-7)
+    assert_trees_close(readable(flat), readable(tree), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_vmapped_contiguous_runs_read_as_batched_pytrees():
+    model, optimizer, data = pl.mlp([5, 8, 3]), pl.adam(0.01), toy_data(n=48)
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def run(key, how):
+        return pl.train_run(model, optimizer, data, epochs=2, batch_size=16, key=key, layout=how)
+
+    batched, curves = jax.jit(jax.vmap(lambda k: run(k, "contiguous")))(keys)
+    assert batched.layout == "contiguous"
+    assert batched.params[0]["w"].shape == (3, 5, 8)
+    assert batched.opt_state.mu[1]["b"].shape == (3, 3)
+    for i in range(3):
+        single, single_curves = run(keys[i], "pytree")
+        lane = jax.tree.map(lambda a, i=i: a[i], batched)  # slices the stored buffers
+        assert lane.layout == "contiguous"
+        assert_trees_close(readable(lane), readable(single), rtol=1e-5, atol=1e-6)
+        read = jax.tree.map(lambda a, i=i: a[i], readable(batched))  # slices the read pytrees
+        assert_trees_close(read, readable(single), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(curves["loss"][i], single_curves["loss"], rtol=1e-5)
+    assert not np.allclose(batched.params[0]["w"][0], batched.params[0]["w"][1])
+
+
+@pytest.mark.slow
+def test_random_search_scores_equal_pytree_runs_of_each_trial():
+    model, data, held_out = pl.mlp([5, 8, 3]), toy_data(n=48), toy_data(n=32, seed=3)
+    # the searches' runs are stored contiguously (auto, a leafwise optimizer)
+    injected = optax.inject_hyperparams(pl.sgd)(learning_rate=0.1)
+    assert pl.TrainState.create(model, injected, 0).layout == "contiguous"
+    results = pl.random_search(
+        model, pl.sgd, data, held_out, space={"learning_rate": pl.log_uniform(0.01, 1.0)},
+        num_trials=3, epochs=2, batch_size=16, key=7,
+    )  # fmt: skip
+    keys = jax.random.split(jax.random.key(7), 3)
+    for row in results:
+        lr = jnp.float32(row["learning_rate"])  # the search trains with float32 values
+        _, curves = pl.train_run(
+            model, optax.inject_hyperparams(pl.sgd)(learning_rate=lr), data, epochs=2,
+            batch_size=16, key=keys[row["trial"]], eval_data=held_out, layout="pytree",
+        )  # fmt: skip
+        assert row["val_acc"] == pytest.approx(float(curves["eval_accuracy"][-1]), abs=1e-6)
+        np.testing.assert_allclose(row["loss_curve"], curves["loss"], rtol=1e-5)
+
+
+# -- TrainState: the named-tuple API over stored buffers ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A contiguous state a few Adam steps in (moments and count non-zero), batch norm."""
+    model, optimizer = pl.mlp([5, 8, 3], batch_norm=True), pl.adam(0.01)
+    state, _ = run_steps(model, optimizer, "contiguous", n=2)
+    return model, optimizer, state
+
+
+def test_replace_with_a_pytree_keeps_the_contiguous_storage(trained):
+    _, _, state = trained
+    doubled = jax.tree.map(lambda a: a * 2, state.params)
+    new = state._replace(params=doubled, step=jnp.int32(40))
+    assert new.layout == "contiguous" and int(new.step) == 40
+    assert trees_equal(new.params, doubled)
+    assert trees_equal(new.opt_state, state.opt_state)
+    assert len(jax.tree.leaves(new)) == len(jax.tree.leaves(state))  # still buffers
+    moments = state.opt_state._replace(count=jnp.int32(9))
+    assert int(state._replace(opt_state=moments).opt_state.count) == 9
+    # inside jit too (the pytree is traced)
+    inside = jax.jit(lambda s: s._replace(params=jax.tree.map(lambda a: a + 1, s.params)))(state)
+    assert inside.layout == "contiguous"
+    assert trees_equal(inside.params, jax.tree.map(lambda a: a + 1, state.params))
+
+
+def test_replace_refuses_unknown_fields_and_other_shapes(trained):
+    _, _, state = trained
+    with pytest.raises(ValueError, match="no field 'parameters'"):
+        state._replace(parameters=state.params)
+    wrong = jax.tree.map(lambda a: jnp.zeros((*a.shape, 2), a.dtype), state.params)
+    with pytest.raises(ValueError, match="shapes"):
+        state._replace(params=wrong)
+    with pytest.raises(ValueError, match="does not match"):
+        state._replace(params=state.params[:-1])
+
+
+def test_replace_with_another_dtype_is_refused_or_kept(trained):
+    _, _, state = trained
+    half = jax.tree.map(lambda a: a.astype(jnp.float16), state.params)
+    try:
+        new = state._replace(params=half)
+    except ValueError as err:  # refused, saying why
+        assert "dtype" in str(err)
+        return
+    # kept: the numbers read back are the float16 ones, not rounded through float32
+    assert trees_equal(new.params, half) and same_dtypes(new.params, half)
+
+
+def test_a_state_iterates_indexes_and_converts_as_a_named_tuple(trained):
+    _, _, state = trained
+    fields = ("step", "params", "model_state", "opt_state", "key")
+    assert state._fields == fields and len(state) == 5
+    step, params, model_state, opt_state, key = state
+    assert trees_equal((step, params, model_state, opt_state, key), readable(state))
+    assert trees_equal(state[1], state.params) and trees_equal(state[-2], state.opt_state)
+    assert trees_equal(state[1:3], (state.params, state.model_state))
+    as_dict = state._asdict()
+    assert list(as_dict) == list(fields) and trees_equal(as_dict["params"], state.params)
+    assert isinstance(params, list) and isinstance(opt_state, pl.AdamState)
+    # the pytree paths keep the field names (checkpoints name leaves by them)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert {p.split("[")[0] for p in paths} == {f".{f}" for f in fields}
+
+
+def test_tree_map_over_a_contiguous_state_maps_the_buffers(trained):
+    _, _, state = trained
+    copied = jax.tree.map(jnp.copy, state)
+    assert copied.layout == "contiguous" and trees_equal(readable(copied), readable(state))
+    # at most a handful of stored arrays: step, key, 1 params buffer, count + 2 moments
+    assert len(jax.tree.leaves(state)) <= 6 + len(jax.tree.leaves(state.model_state))
+
+    def halve(a):
+        return a / 2 if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    assert trees_equal(jax.tree.map(halve, state).params, jax.tree.map(halve, state.params))
+    through = jax.jit(lambda s: s)(state)
+    assert through.layout == "contiguous" and trees_equal(readable(through), readable(state))
+
+
+def test_the_step_donates_the_stored_buffers():
+    model, optimizer = pl.mlp([5, 3]), pl.adam(0.1)
+    state = pl.TrainState.create(model, optimizer, 0, layout="contiguous")
+    new, _ = pl.make_train_step(model, optimizer)(state, *toy_data(n=16))
+    assert new.layout == "contiguous"
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jax.tree_util.keystr(path).startswith((".params", ".opt_state")):
+            assert leaf.is_deleted(), jax.tree_util.keystr(path)
+
+
+def test_fit_leaves_a_contiguous_callers_state_usable():
+    model, optimizer = pl.mlp([5, 8, 3]), pl.adam(0.01)
+    data, kw = toy_data(n=64), {"batch_size": 16, "progress": False}
+    start, _ = pl.fit(model, optimizer, data, epochs=1, key=3, layout="contiguous", **kw)
+    before = host_leaves(readable(start))
+    # a given state keeps its own layout, whatever layout= says
+    resumed, _ = pl.fit(model, optimizer, data, epochs=1, state=start, layout="pytree", **kw)
+    assert resumed.layout == "contiguous"
+    assert not any(a.is_deleted() for a in jax.tree.leaves(start))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(host_leaves(readable(start)), before, strict=True)
+    )
+    again, _ = pl.fit(model, optimizer, data, epochs=1, state=start, **kw)
+    assert trees_equal(readable(again), readable(resumed))
+
+
+def test_an_abstract_contiguous_state_reads_as_abstract_pytrees():
+    model, optimizer = pl.mlp([5, 8, 3]), pl.adam()
+    abstract = jax.eval_shape(lambda: pl.TrainState.create(model, optimizer, 0))
+    want = jax.eval_shape(lambda: pl.TrainState.create(model, optimizer, 0, layout="pytree"))
+    assert jax.tree.map(jnp.shape, abstract.params) == jax.tree.map(jnp.shape, want.params)
+
+
+def test_a_state_cast_to_float64_trains_in_float64_in_both_layouts():
+    # test_training's finite-difference check casts a state with jax.tree.map; the
+    # gradient must come back in float64, not rounded to the dtypes recorded at packing
+    model, optimizer = pl.mlp([4, 6, 3], activation="tanh"), pl.sgd(1.0)
+    with jax.enable_x64(True):
+        x, y = toy_data(n=8, d=4)
+        results = []
+        for how in ("contiguous", "pytree"):
+            state = pl.TrainState.create(model, optimizer, 0, layout=how)
+            state = jax.tree.map(
+                lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, state
+            )
+            new, _ = pl.make_train_step(model, optimizer)(state, x.astype(jnp.float64), y)
+            results.append(new.params)
+        assert same_dtypes(results[0], results[1])
+        assert_trees_close(results[0], results[1], rtol=1e-12, atol=1e-15)
+
+
+# -- checkpoints: the pytree form, loadable into either layout -----------------------------
+
+
+@pytest.mark.parametrize("target", ["file", "directory/"])
+@pytest.mark.parametrize("saved, loaded", [("contiguous", "pytree"), ("pytree", "contiguous")])
+def test_a_checkpoint_loads_into_either_layout(tmp_path, trained, target, saved, loaded):
+    model, optimizer, contiguous = trained
+    state = contiguous if saved == "contiguous" else pl.TrainState(*readable(contiguous))
+    assert state.layout == saved
+    path = f"{tmp_path}/{target}"
+    pl.save_checkpoint(path, state)
+    like = pl.TrainState.create(model, optimizer, 5, layout=loaded)
+    restored = pl.load_checkpoint(path, like)
+    assert restored.layout == loaded
+    assert trees_equal(readable(restored), readable(contiguous))
+    # what was written is the pytree: it loads into a plain tuple of pytrees too
+    plain = pl.load_checkpoint(path, pl.TrainState(*readable(like)))
+    assert plain.layout == "pytree" and trees_equal(readable(plain), readable(contiguous))
+
+
+def test_a_resumed_contiguous_run_equals_an_uninterrupted_one(tmp_path):
+    model, optimizer = pl.mlp([5, 8, 3], dropout_rate=0.2), pl.adam(0.01)
+    data = toy_data(n=64)
+    kw = {"batch_size": 16, "key": 3, "progress": False, "layout": "contiguous"}
+    full, h_full = pl.fit(model, optimizer, data, epochs=4, **kw)
+    half, h_half = pl.fit(model, optimizer, data, epochs=2, **kw)
+    pl.save_checkpoint(tmp_path / "c", half)
+    like = pl.TrainState.create(model, optimizer, 0, layout="contiguous")
+    resumed = pl.load_checkpoint(tmp_path / "c", like)
+    assert resumed.layout == "contiguous"
+    rest, h_rest = pl.fit(model, optimizer, data, epochs=2, state=resumed, **kw)
+    assert rest.layout == "contiguous" and trees_equal(readable(rest), readable(full))
+    assert h_half["step_loss"] + h_rest["step_loss"] == h_full["step_loss"]
+
+
+def test_an_abstract_contiguous_like_loads_a_checkpoint(tmp_path, trained):
+    model, optimizer, state = trained
+    pl.save_checkpoint(tmp_path / "c", state)
+    like = jax.eval_shape(lambda: pl.TrainState.create(model, optimizer, 0))
+    restored = pl.load_checkpoint(tmp_path / "c", like)
+    assert trees_equal(readable(restored), readable(state))
+
+
+def test_the_checkpoints_callback_of_a_contiguous_fit_restores_into_a_pytree_state(tmp_path):
+    model, optimizer = pl.mlp([5, 4, 3]), pl.adam(0.01)
+    ckpts = pl.Checkpoints(tmp_path / "run", keep=1)
+    state, _ = pl.fit(model, optimizer, toy_data(n=32), epochs=1, batch_size=16, key=0,
+                      progress=False, callback=ckpts, layout="contiguous")  # fmt: skip
+    like = pl.TrainState.create(model, optimizer, 0, layout="pytree")
+    assert trees_equal(readable(ckpts.restore(like)), readable(state))
