@@ -19,6 +19,7 @@ speed: the pytree layout is then used.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,6 @@ import numpy as np
 import optax
 from jax.extend import core as jex_core
 
-from purelearn._cache import memoize
 from purelearn.layout import Layout, Segment, Storage
 
 __all__ = ["optimizer_storage"]
@@ -142,21 +142,31 @@ def _state_segments(tree_state: Any, flat_state: Any, group: Layout) -> tuple[Se
     return tuple(segments) if i == len(tree_leaves) else None
 
 
-@memoize
+#: answers per optimizer, held as long as its ``update`` function lives: an optimizer
+#: built inside a trace (``inject_hyperparams`` of traced values) is not kept alive
+_ANSWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def optimizer_storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:
     """How to store ``optimizer``'s state beside parameters stored as ``group``, if its
     rule is leafwise (see the module doc); else None.
 
     The stored form is the state ``optimizer.init`` makes for the buffers
     (the structure its ``update`` then takes); :class:`~purelearn.layout.Packed`
-    reads it back as the state made for the pytree.
+    reads it back as the state made for the pytree. The answer is remembered
+    for the same optimizer and layout (the comparison traces ``update`` twice).
     """
     try:
-        return _storage(optimizer, group)
-    except _NotLeafwise:
-        return None
-    except Exception:  # an optimizer that cannot take buffers at all
-        return None
+        answers = _ANSWERS.setdefault(optimizer.update, {})
+    except TypeError:  # an update that cannot be weakly referenced: no memo
+        answers = {}
+    key = (optimizer.init, group)
+    if key not in answers:
+        try:
+            answers[key] = _storage(optimizer, group)
+        except Exception:  # not leafwise, or an optimizer that cannot take buffers at all
+            answers[key] = None
+    return answers[key]
 
 
 def _storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:

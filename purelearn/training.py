@@ -161,6 +161,26 @@ class TrainState:
     def tree_unflatten(cls, _: None, children: Any) -> TrainState:
         return cls(*children)
 
+    def with_layout(
+        self, optimizer: optax.GradientTransformation, layout: str = "auto"
+    ) -> TrainState:
+        """This state stored as ``layout`` says (see :meth:`create`), for ``optimizer``.
+
+        A state built by hand or loaded as a pytree becomes contiguous with
+        ``state.with_layout(opt, "contiguous")``; ``"pytree"`` undoes it.
+        Raises ``ValueError`` for ``"contiguous"`` with an optimizer whose rule
+        is not the same elementwise function on every leaf, or non-numeric
+        parameters.
+
+        Example:
+          >>> import purelearn as pl
+          >>> opt = pl.sgd(0.1)
+          >>> state = pl.TrainState.create(pl.mlp([4, 3, 2]), opt, 0, layout="pytree")
+          >>> state.with_layout(opt, "contiguous").layout
+          'contiguous'
+        """
+        return _arrange(self, optimizer, layout)
+
     @classmethod
     def create(
         cls,
@@ -203,7 +223,7 @@ class TrainState:
             opt_state=optimizer.init(params),
             key=run_key,
         )
-        return arrange(state, optimizer, layout)
+        return state.with_layout(optimizer, layout)
 
 
 def _state_dict(state: TrainState) -> dict[str, Any]:
@@ -223,12 +243,7 @@ def _from_state_dict(like: TrainState, saved: dict[str, Any]) -> TrainState:
 serialization.register_serialization_state(TrainState, _state_dict, _from_state_dict)
 
 
-def arrange(state: TrainState, optimizer: optax.GradientTransformation, how: str) -> TrainState:
-    """``state`` stored as ``how`` says (see :meth:`TrainState.create`'s ``layout``).
-
-    Raises ``ValueError`` for ``"contiguous"`` with an optimizer whose rule is
-    not the same elementwise function on every leaf, or non-numeric parameters.
-    """
+def _arrange(state: TrainState, optimizer: optax.GradientTransformation, how: str) -> TrainState:
     _checks.choice("layout", how, LAYOUTS)
     params, opt_state = state.params, state.opt_state
     if how == "pytree":

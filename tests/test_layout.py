@@ -831,3 +831,20 @@ def test_the_checkpoints_callback_of_a_contiguous_fit_restores_into_a_pytree_sta
                       progress=False, callback=ckpts, layout="contiguous")  # fmt: skip
     like = pl.TrainState.create(model, optimizer, 0, layout="pytree")
     assert trees_equal(readable(ckpts.restore(like)), readable(state))
+
+
+def test_with_layout_converts_both_ways_and_keeps_the_numbers():
+    model, optimizer = pl.mlp([5, 8, 3]), pl.adam(0.01)
+    plain, _ = run_steps(model, optimizer, "pytree")
+    packed = plain.with_layout(optimizer, "contiguous")
+    assert packed.layout == "contiguous" and trees_equal(readable(packed), readable(plain))
+    assert packed.with_layout(optimizer, "pytree").layout == "pytree"
+    assert plain.with_layout(optimizer).layout == "contiguous"  # auto
+    step = pl.make_train_step(model, optimizer, weight_decay=0.05)
+    x, y = toy_data(n=32)
+    a, _ = step(jax.tree.map(jnp.copy, plain), x, y)
+    b, _ = step(packed, x, y)
+    assert_trees_close(readable(a), readable(b), rtol=2e-6, atol=1e-7)
+    masked = optax.masked(optax.sgd(0.1), BY_RANK)
+    with pytest.raises(ValueError, match="layout='contiguous'"):
+        pl.TrainState.create(model, masked, 0, layout="pytree").with_layout(masked, "contiguous")
