@@ -194,7 +194,13 @@ def _trace(optimizer, params, state, storage: Storage, intern, *, per_leaf: bool
     def update(grads, state, params):
         return optimizer.update(grads, state, params)
 
-    closed = jax.make_jaxpr(update)(params, state, params)
+    closed, (updates_shape, state_shape) = jax.make_jaxpr(update, return_shape=True)(
+        params, state, params
+    )
+    if jax.tree.structure(updates_shape) != jax.tree.structure(params) or jax.tree.structure(
+        state_shape
+    ) != jax.tree.structure(state):
+        raise _NotLeafwise("update returns another structure than it takes")
     n = group.num_leaves
     grads_in = [
         (intern(("grad", group.buffer_of[i] if per_leaf else i)), i if per_leaf else None)

@@ -848,3 +848,15 @@ def test_with_layout_converts_both_ways_and_keeps_the_numbers():
     masked = optax.masked(optax.sgd(0.1), BY_RANK)
     with pytest.raises(ValueError, match="layout='contiguous'"):
         pl.TrainState.create(model, masked, 0, layout="pytree").with_layout(masked, "contiguous")
+
+
+def test_a_contiguous_state_crosses_jit_as_a_few_arrays_whatever_the_depth():
+    # what the layout is for: per step, the arrays passed in and out do not grow with
+    # the number of parameter arrays (pytree: three per parameter array with Adam)
+    for depth in (2, 40):
+        model = pl.mlp([6] + [4] * depth + [3])
+        packed = pl.TrainState.create(model, pl.adam(), 0)
+        plain = pl.TrainState.create(model, pl.adam(), 0, layout="pytree")
+        # step, one parameter buffer, Adam's count and two moment buffers, the key
+        assert len(jax.tree.leaves(packed)) == 6
+        assert len(jax.tree.leaves(plain)) == 3 + 3 * 2 * (depth + 1)
