@@ -103,11 +103,20 @@ def _numeric(leaf: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)
 
 
-def layout_of(tree: Any) -> Layout:
+def layout_of(tree: Any, *, alone_from: int | None = None) -> Layout:
     """The layout that packs ``tree``: one buffer per dtype, leaves back to back.
 
-    Raises ``ValueError`` for a tree with no leaves or with a leaf that is not
-    a numeric array (a PRNG key, a string, ``None`` leaves are not leaves).
+    Args:
+      tree: a pytree of numeric arrays.
+      alone_from: matrices and higher-rank leaves of at least this many
+        elements get a buffer of their own (their view is then a free reshape:
+        a matmul operand sliced from a shared buffer is copied out by XLA:CPU,
+        while vectors feed elementwise operations that read the slice in
+        place); default: none, every leaf shares its dtype's buffer.
+
+    Buffers come in order of their first leaf. Raises ``ValueError`` for a tree
+    with no leaves or with a leaf that is not a numeric array (a PRNG key, a
+    string; ``None`` is no leaf).
     """
     leaves, treedef = jax.tree.flatten(tree)
     if not leaves:
@@ -120,16 +129,21 @@ def layout_of(tree: Any) -> Layout:
             )
     dtypes: list[np.dtype] = []
     sizes: list[int] = []
+    shared: dict[np.dtype, int] = {}  # dtype -> its shared buffer
     buffer_of, offsets = [], []
     for leaf in leaves:
         dtype = np.dtype(jax.dtypes.canonicalize_dtype(leaf.dtype))  # float64 is float32 sans x64
-        if dtype not in dtypes:
+        size = math.prod(leaf.shape)
+        alone = alone_from is not None and len(leaf.shape) >= 2 and size >= alone_from
+        if alone or dtype not in shared:
             dtypes.append(dtype)
             sizes.append(0)
-        b = dtypes.index(dtype)
+            if not alone:
+                shared[dtype] = len(dtypes) - 1
+        b = len(dtypes) - 1 if alone else shared[dtype]
         buffer_of.append(b)
         offsets.append(sizes[b])
-        sizes[b] += math.prod(leaf.shape)
+        sizes[b] += size
     return Layout(
         treedef=treedef,
         shapes=tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves),
@@ -194,9 +208,9 @@ class Storage(NamedTuple):
     group: Layout
 
 
-def storage_of(tree: Any) -> Storage:
-    """The storage of ``tree`` as one group: a tuple of one buffer per dtype."""
-    group = layout_of(tree)
+def storage_of(tree: Any, *, alone_from: int | None = None) -> Storage:
+    """The storage of ``tree`` as one group (see :func:`layout_of`): a tuple of buffers."""
+    group = layout_of(tree, alone_from=alone_from)
     k = len(group.dtypes)
     raw_treedef = jax.tree.structure(tuple(range(k)))
     return Storage(group.treedef, raw_treedef, (Segment(True, tuple(range(k))),), group)
@@ -260,6 +274,11 @@ class Packed:
         if not all(isinstance(b, jax.Array | np.ndarray | np.generic) for b in self.leaves):
             # jax.ShapeDtypeStruct stand-ins (a state from jax.eval_shape): their shapes
             return jax.eval_shape(functools.partial(_tree, self.storage), self.leaves)
+        if any(isinstance(b, jax.Array) and b.is_deleted() for b in self.leaves):
+            raise RuntimeError(
+                "Array has been deleted: these buffers were donated (to a training step?); "
+                "read the state it returned"
+            )
         return _tree_jitted(self.storage, self.leaves)
 
     def tree_flatten(self) -> tuple[tuple[Any, ...], Storage]:

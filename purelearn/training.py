@@ -248,10 +248,14 @@ def _arrange(state: TrainState, optimizer: optax.GradientTransformation, how: st
     params, opt_state = state.params, state.opt_state
     if how == "pytree":
         return TrainState(state.step, params, state.model_state, opt_state, state.key)
-    storage = None
+    storage = params_storage = None
     if layout.packable(params):
-        group = layout.layout_of(params)
-        if how == "contiguous" or group.num_leaves >= _MIN_LEAVES:
+        # "auto" leaves big arrays alone (see _ALONE_FROM) and keeps the pytree when
+        # nothing would share a buffer; "contiguous" packs everything
+        alone_from = _ALONE_FROM if how == "auto" else None
+        params_storage = layout.storage_of(params, alone_from=alone_from)
+        group = params_storage.group
+        if how == "contiguous" or len(group.dtypes) < group.num_leaves:
             storage = _leafwise.optimizer_storage(optimizer, group)
     if storage is None:
         if how == "contiguous":
@@ -263,15 +267,19 @@ def _arrange(state: TrainState, optimizer: optax.GradientTransformation, how: st
         return TrainState(state.step, params, state.model_state, opt_state, state.key)
     return TrainState(
         state.step,
-        layout.pack(params),
+        layout.pack(params, params_storage),
         state.model_state,
         layout.pack(opt_state, storage),
         state.key,
     )
 
 
-#: with fewer parameter arrays than this, "auto" keeps the pytree (nothing to gain)
-_MIN_LEAVES = 2
+#: Under layout="auto", matrices (and higher-rank arrays) of at least this many elements
+#: keep a buffer of their own. A kernel sharing a buffer is sliced out for its matmul
+#: (XLA:CPU copies the slice) and its gradient copied in: 16 B per element more traffic,
+#: which outweighs the three arrays and kernels a shared leaf saves once the step is
+#: compute-bound (benchmarks/bench_layout.py). Vectors always share.
+_ALONE_FROM = 1 << 12
 
 
 # -- validation -------------------------------------------------------------------
