@@ -860,3 +860,36 @@ def test_a_contiguous_state_crosses_jit_as_a_few_arrays_whatever_the_depth():
         # step, one parameter buffer, Adam's count and two moment buffers, the key
         assert len(jax.tree.leaves(packed)) == 6
         assert len(jax.tree.leaves(plain)) == 3 + 3 * 2 * (depth + 1)
+
+
+def test_alone_from_gives_big_matrices_their_own_buffers_and_vectors_share():
+    tree = {
+        "big": jnp.ones((64, 64)),  # 4096 elements, rank 2: alone
+        "long": jnp.ones(5000),  # a vector shares however long
+        "small": jnp.ones((3, 4)),
+        "half": jnp.ones((64, 64), jnp.float16),  # alone, in its own dtype
+    }
+    group = layout.layout_of(tree, alone_from=4096)
+    names = sorted(tree)  # flatten order of a dict
+    where = dict(zip(names, group.buffer_of, strict=True))
+    assert where["long"] == where["small"] != where["big"] != where["half"]
+    assert group.sizes[where["big"]] == 4096 and group.sizes[where["long"]] == 5012
+    assert len(group.dtypes) == 3
+    assert layout.layout_of(tree).buffer_of.count(0) == 3  # default: one buffer per dtype
+    packed = layout.pack(tree, layout.storage_of(tree, alone_from=4096))
+    assert trees_equal(packed.tree, tree)
+
+
+def test_auto_trains_the_textbook_way_with_big_kernels_alone():
+    model, optimizer = pl.mlp([5, 70, 70, 3]), pl.adam(0.01)  # the 70x70 kernel is alone
+    auto = pl.TrainState.create(model, optimizer, 0)
+    assert auto.layout == "contiguous" and len(auto._params.buffers) == 2
+    plain, _ = run_steps(model, optimizer, "pytree")
+    state, step = auto, pl.make_train_step(model, optimizer, weight_decay=0.05)
+    x, y = toy_data(n=32)
+    for i in range(6):
+        state, _ = step(state, jnp.roll(x, 3 * i, axis=0), jnp.roll(y, 3 * i, axis=0))
+    assert_trees_close(readable(state), readable(plain), rtol=2e-6, atol=1e-7)
+    # a model whose every leaf would be alone stays a pytree: nothing would share
+    single = pl.from_flax(nn.Dense(80, use_bias=False), jnp.ones((1, 80)))
+    assert pl.TrainState.create(single, optimizer, 0).layout == "pytree"
