@@ -39,7 +39,7 @@ the number of parameter arrays ("leaves") grows at a fixed total size:
    (``--quick``: 32): ``pl.make_train_step`` in a Python loop and fit's
    compiled epoch (the training half of ``pl.fit``'s epoch program, as in
    ``bench_training.py``), each with layout ``auto`` (the default: vectors and
-   small matrices share a buffer, matrices of 4,096 elements or more keep their
+   small matrices share a buffer, matrices of 1,024 elements or more keep their
    own) and ``pytree``, against ``flax.linen``
    Dense x 101 + ``optax.adam`` + a flax ``TrainState`` in a jitted donated
    step, and against a second copy of that (``A/A``). The loop's time per
@@ -83,7 +83,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
 import purelearn as pl
 from purelearn import _leafwise
@@ -413,20 +412,8 @@ class Data:
 
 
 def flax_setup(sizes: tuple[int, ...], key: jax.Array) -> tuple[Any, Callable]:
-    """bench_training's flax net and step, for any widths."""
-    module = bt.FlaxMLP(sizes=sizes)
-    params = module.init(key, jnp.zeros((1, sizes[0])))["params"]
-    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(LR))
-
-    def step(state, x, y):
-        def loss_fn(params):
-            logits = state.apply_fn({"params": params}, x)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, jnp.mean(jnp.argmax(logits, -1) == y)
-
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads), {"loss": loss, "accuracy": acc}
-
+    """bench_training's flax net and step for any widths, jitted with the state donated."""
+    state, step = bt.flax_setup(key, sizes)
     return state, jax.jit(step, donate_argnums=0)
 
 

@@ -129,9 +129,11 @@ class FlaxMLP(nn.Module):
         return nn.Dense(self.sizes[-1], kernel_init=init)(x)
 
 
-def flax_setup(key: jax.Array) -> tuple[train_state.TrainState, Callable]:
-    module = FlaxMLP()
-    params = module.init(key, jnp.zeros((1, SIZES[0])))["params"]
+def flax_setup(
+    key: jax.Array, sizes: tuple[int, ...] = SIZES
+) -> tuple[train_state.TrainState, Callable]:
+    module = FlaxMLP(sizes=sizes)
+    params = module.init(key, jnp.zeros((1, sizes[0])))["params"]
     state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(LR))
 
     def step(state, x, y):

@@ -275,11 +275,12 @@ def _arrange(state: TrainState, optimizer: optax.GradientTransformation, how: st
 
 
 #: Under layout="auto", matrices (and higher-rank arrays) of at least this many elements
-#: keep a buffer of their own. A kernel sharing a buffer is sliced out for its matmul
-#: (XLA:CPU copies the slice) and its gradient copied in: 16 B per element more traffic,
-#: which outweighs the three arrays and kernels a shared leaf saves once the step is
-#: compute-bound (benchmarks/bench_layout.py). Vectors always share.
-_ALONE_FROM = 1 << 12
+#: keep a buffer of their own; vectors always share. A kernel in a shared buffer is sliced
+#: out (XLA:CPU copies it) for its matmul and its gradient concatenated back, and its update
+#: waits for the whole gradient instead of running beside the backward pass: in a compiled
+#: epoch of benchmarks/bench_layout.py's deep net that costs more than it saves from 32x32
+#: kernels up, and saves 10-14% at 8x8.
+_ALONE_FROM = 1 << 10
 
 
 # -- validation -------------------------------------------------------------------
