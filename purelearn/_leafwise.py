@@ -202,14 +202,14 @@ def _trace(optimizer, params, state, storage: Storage, intern, *, per_leaf: bool
     ) != jax.tree.structure(state):
         raise _NotLeafwise("update returns another structure than it takes")
     n = group.num_leaves
-    grads_in = [
-        (intern(("grad", group.buffer_of[i] if per_leaf else i)), i if per_leaf else None)
-        for i in range(n if per_leaf else len(group.dtypes))
-    ]
-    params_in = [
-        (intern(("param", group.buffer_of[i] if per_leaf else i)), i if per_leaf else None)
-        for i in range(n if per_leaf else len(group.dtypes))
-    ]
+
+    def inputs(kind: str) -> list[tuple[int, int | None]]:
+        # a leaf is named by the buffer it lives in, and tagged with its own index
+        if per_leaf:
+            return [(intern((kind, group.buffer_of[i])), i) for i in range(n)]
+        return [(intern((kind, b)), None) for b in range(len(group.dtypes))]
+
+    grads_in, params_in = inputs("grad"), inputs("param")
     state_in: list[tuple[int, int | None]] = []
     for s, seg in enumerate(storage.segments):
         if seg.grouped and per_leaf:

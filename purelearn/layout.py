@@ -303,11 +303,7 @@ def _tree(storage: Storage, leaves: Sequence[Any]) -> Any:
 _tree_jitted = jax.jit(_tree, static_argnums=0)
 
 
-def _raw(storage: Storage, leaves: Sequence[Any]) -> list[Any]:
-    return _compress(storage, leaves)
-
-
-_raw_jitted = jax.jit(_raw, static_argnums=0)
+_compress_jitted = jax.jit(_compress, static_argnums=0)
 
 
 def pack(tree: Any, storage: Storage | None = None) -> Packed:
@@ -327,8 +323,8 @@ def pack(tree: Any, storage: Storage | None = None) -> Packed:
         )
     _check_shapes(storage, leaves)
     if any(isinstance(a, jax.core.Tracer) for a in leaves):
-        return Packed(_raw(storage, leaves), storage)
-    return Packed(_raw_jitted(storage, tuple(leaves)), storage)
+        return Packed(_compress(storage, leaves), storage)
+    return Packed(_compress_jitted(storage, tuple(leaves)), storage)
 
 
 def _check_shapes(storage: Storage, leaves: Sequence[Any]) -> None:
