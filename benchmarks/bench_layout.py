@@ -621,7 +621,9 @@ def summary(adam: dict | None, deep: dict | None, net5: dict | None) -> None:
                 name = "contiguous pl.adam"
                 t = bo.paired_ratio(adam[n][name], one[name])
                 ref = bo.paired_ratio(adam[n]["optax.adam"], one["optax.adam"])
-                goal = f"{verdict(t, 1.10)}" if n == 200 else f"{t:.3f} (no target)"
+                # issue 15: within 1.2x of one array at 1,000 leaves (an earlier one: 1.1 at 200)
+                targets = {200: 1.10, 1000: 1.20}
+                goal = verdict(t, targets[n]) if n in targets else f"{t:.3f} (no target)"
                 print(
                     f"  Adam update at {n} leaves / one array, contiguous: {goal}"
                     f" (optax.adam: {ref:.3f})"
