@@ -203,9 +203,10 @@ class TrainState:
             with schedules or ``inject_hyperparams``; not ``masked``,
             ``multi_transform`` or ``clip_by_global_norm``). ``"pytree"``:
             as the model and the optimizer make them. ``"auto"`` (default):
-            contiguous when the optimizer allows it and the model has
-            several parameter arrays, else pytree. The numbers are the same
-            either way.
+            where the optimizer allows it, vectors and matrices under 1,024
+            elements share a buffer per dtype and bigger matrices keep one
+            each (see ``_ALONE_FROM``); pytree when nothing would share. The
+            numbers are the same either way.
 
         Example:
           >>> import jax, purelearn as pl
