@@ -50,7 +50,8 @@ import optax
 from flax.training import train_state
 
 import purelearn as pl
-from purelearn import training
+from purelearn.training import epoch as engine_epoch
+from purelearn.training import step as engine_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import textbook_numpy
@@ -96,14 +97,14 @@ def make_epoch_fn(model: pl.Model, opt: optax.GradientTransformation, n: int) ->
     engine's shuffled batches scanned through its step, ``(state, x, y) -> (state,
     losses)``. ``fit`` then evaluates the training set on the device in the same
     program; that is left out here so the work equals the flax loop's."""
-    plan = training._plan(
+    plan = engine_epoch.plan(
         n, batch_size=BATCH, steps_per_epoch=None, sampling="epoch", weight_decay=0.0,
         has_eval=False, early_stopping=None,
     )  # fmt: skip
-    step = training._step_fn(model, opt, False)
+    step = engine_step.step_fn(model, opt, False)
 
     def epoch(state, x, y):
-        batches = training._batches(state, x.shape[0], plan)
+        batches = engine_epoch.batches(state, x.shape[0], plan)
         return jax.lax.scan(lambda s, idx: step(s, x[idx], y[idx], 0.0), state, batches)
 
     return jax.jit(epoch, donate_argnums=0)
@@ -111,7 +112,7 @@ def make_epoch_fn(model: pl.Model, opt: optax.GradientTransformation, n: int) ->
 
 def make_step_fn(model: pl.Model, opt: optax.GradientTransformation) -> Callable:
     """``pl.make_train_step``'s program (private API) jitted afresh, to lower and compile."""
-    step = training._step_fn(model, opt, False)
+    step = engine_step.step_fn(model, opt, False)
     return jax.jit(lambda state, x, y: step(state, x, y, 0.0), donate_argnums=0)
 
 

@@ -46,6 +46,7 @@ from purelearn.regularization import dropout, l2_penalty
 from purelearn.training import (
     EarlyStopping,
     EarlyStoppingState,
+    PackedState,
     TrainState,
     evaluate,
     fit,
@@ -102,6 +103,7 @@ __all__ = [
     "from_flax",
     # training
     "TrainState",
+    "PackedState",
     "make_train_step",
     "fit",
     "train_run",

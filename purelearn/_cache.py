@@ -13,6 +13,7 @@ a fresh object, as without the memo.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,21 +32,78 @@ _MEMO_SIZE = 256
 def memoize(fn: F) -> F:
     """Return the same result for the same hashable arguments (compared with their types).
 
-    ``typed`` keeps ``1``, ``1.0`` and ``True`` apart, so validation that
-    refuses a bool is never skipped by a cache hit of an equal number.
+    Arguments are compared as ``fn`` binds them, defaults filled in: a
+    positional, a keyword and a defaulted spelling of one call (``sgd(0.1)``,
+    ``sgd(learning_rate=0.1)``; ``adam()``, ``adam(1e-3)``) give one object.
+    Types are compared too, as ``functools.lru_cache(typed=True)`` does and
+    also inside tuples, so ``1``, ``1.0`` and ``True`` stay apart and
+    validation that refuses a bool is never skipped by a cache hit of an
+    equal number. Arguments that cannot be hashed give a fresh object, and
+    arguments ``fn`` cannot bind raise ``fn``'s own ``TypeError``.
+    ``wrapper.cache_clear()`` forgets every result.
     """
-    cached = functools.lru_cache(maxsize=_MEMO_SIZE, typed=True)(fn)
+    signature = inspect.signature(fn)
+    # the call travels with its key (compared by the key only), so a miss calls fn with
+    # the arguments as given
+    cached = functools.lru_cache(maxsize=_MEMO_SIZE)(lambda call: fn(*call.args, **call.kwargs))
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            hash((args, tuple(sorted(kwargs.items()))))
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # fn raises its own error (its name in the message)
+            return fn(*args, **kwargs)
+        bound.apply_defaults()
+        try:
+            call = _Call(_bound_key(signature, bound.arguments), args, kwargs)
         except TypeError:  # an array or a list among the arguments: no memo
             return fn(*args, **kwargs)
-        return cached(*args, **kwargs)
+        return cached(call)
 
     wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+class _Call:
+    """One call's arguments, hashed and compared by its key alone."""
+
+    __slots__ = ("args", "hash", "key", "kwargs")
+
+    def __init__(self, key: tuple, args: tuple, kwargs: dict[str, Any]):
+        self.key, self.args, self.kwargs = key, args, kwargs
+        self.hash = hash(key)  # a TypeError for an unhashable argument
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Call) and self.key == other.key
+
+
+def _bound_key(signature: inspect.Signature, arguments: dict[str, Any]) -> tuple:
+    """The bound arguments in parameter order, each with its types; ``**kwargs`` by name
+    (the order they were passed in does not matter)."""
+    key = []
+    for name, param in signature.parameters.items():
+        value = arguments[name]
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            key.append(tuple(_typed(v) for v in value))
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            key.append(tuple(sorted((k, _typed(v)) for k, v in value.items())))
+        else:
+            key.append(_typed(value))
+    return tuple(key)
+
+
+def _typed(value: Any) -> tuple:
+    return value, _types(value)
+
+
+def _types(value: Any) -> Any:
+    """``type(value)``, and inside a tuple each element's: ``(1, 2) != (1.0, True)`` here."""
+    if isinstance(value, tuple):
+        return type(value), tuple(_types(v) for v in value)
+    return type(value)
 
 
 def default_cache_dir() -> Path:

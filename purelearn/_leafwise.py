@@ -15,15 +15,34 @@ They must match, leaf by leaf, using only elementwise operations and
 scalars, and a leaf's result may depend on no other leaf. Anything the
 comparison does not understand counts as "not leafwise", which only costs
 speed: the pytree layout is then used.
+
+The comparison steps into plain calls only (``jax.jit``, ``jax.checkpoint``,
+``custom_jvp``/``custom_vjp`` functions: a body run once on the caller's
+operands). A loop or a branch (``scan``, which ``fori_loop`` with static
+bounds and ``lax.map`` become, ``while_loop``, ``cond``, ``switch``) on an
+array is not leafwise: a loop body sees slices of the whole buffer and
+carries values from one element to the next, and a predicate may read
+anything. On scalars only (a schedule's step count) such a primitive is one
+opaque scalar operation, as any other.
+
+An optimizer that fails on the pytree itself raises its error here too; one
+that fails only when handed the buffers (a mask tree made for the pytree) is
+not leafwise.
+
+"Bit for bit" holds for the programs. XLA then compiles ``x / s`` (``s`` a
+scalar broadcast to the array ``x``, as in Adam's bias correction) as
+``x * (1 / s)``, but not where ``x`` has one element: there a leaf of one
+element can get another last digit on the buffer than in the pytree.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.extend import core as jex_core
@@ -41,7 +60,25 @@ _ELEMENTWISE = frozenset(
     min mul ne neg nextafter not or pow real reduce_precision rem round rsqrt select_n
     sign sin sinh sqrt square sub tan tanh xor""".split()
 )
-_CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+# Plain calls, the only primitives with a body that the comparison steps into: the body
+# runs once on the equation's operands, in order, and its results are the equation's.
+# Name -> the parameter holding the body (a ClosedJaxpr; remat's is an open Jaxpr). Seen
+# on jax 0.10.2: jit, closed_call, remat2 (jax.checkpoint), custom_jvp_call and
+# custom_vjp_call (whose body is the primal function: what a forward pass runs). The
+# same calls in older jax: pjit, checkpoint, custom_vjp_call_jaxpr. Every other
+# primitive with a body (scan, while, cond, custom_linear_solve, ...) is opaque: see
+# _equation. Core ``call`` has no public producer on jax 0.10.2 and is left out.
+_CALLS = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+}
 
 
 class _NotLeafwise(Exception):
@@ -66,6 +103,38 @@ def _scalar(aval: Any) -> bool:
     return getattr(aval, "shape", None) == ()
 
 
+def _const_key(c: Any) -> tuple:
+    """A scalar numeric constant, named by its value (a tracer of an enclosing trace:
+    by its identity). Any other constant is not modelled: not leafwise."""
+    if np.shape(c) != ():
+        raise _NotLeafwise("a non-scalar constant")
+    if isinstance(c, jax.core.Tracer):
+        return ("tracer", id(c))
+    dtype = c.dtype if hasattr(c, "dtype") else np.asarray(c).dtype
+    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise _NotLeafwise(f"a constant of dtype {dtype}")  # a PRNG key, ...
+    a = np.asarray(c)
+    return ("const", str(a.dtype), repr(a.tolist()))
+
+
+def _call_body(eqn: Any) -> tuple[Any, Sequence[Any]] | None:
+    """The body and constants of a plain call (see ``_CALLS``), checked to take the
+    equation's operands and give its results; None for any other primitive."""
+    param = _CALLS.get(eqn.primitive.name)
+    if param is None or param not in eqn.params:
+        return None
+    inner = eqn.params[param]
+    if isinstance(inner, jex_core.ClosedJaxpr):
+        body, consts = inner.jaxpr, inner.consts
+    elif isinstance(inner, jex_core.Jaxpr) and not inner.constvars:
+        body, consts = inner, ()
+    else:
+        raise _NotLeafwise(f"{eqn.primitive.name} with a body of another kind")
+    if len(body.invars) != len(eqn.invars) or len(body.outvars) != len(eqn.outvars):
+        raise _NotLeafwise(f"{eqn.primitive.name} whose body takes other operands")
+    return body, consts
+
+
 def _run(jaxpr: Any, consts: Sequence[Any], args: Sequence[tuple[int, int | None]], intern):
     """Canonical ids of ``jaxpr``'s outputs; each value is ``(id, leaf)`` where ``leaf``
     is the pytree leaf it was computed from (None: from scalars only)."""
@@ -77,12 +146,7 @@ def _run(jaxpr: Any, consts: Sequence[Any], args: Sequence[tuple[int, int | None
         return env[v]
 
     for v, c in zip(jaxpr.constvars, consts, strict=True):
-        if np.shape(c) != ():
-            raise _NotLeafwise("a non-scalar constant")
-        if isinstance(c, jax.core.Tracer):
-            env[v] = intern(("tracer", id(c))), None
-        else:
-            env[v] = intern(("const", str(np.asarray(c).dtype), repr(np.asarray(c).tolist()))), None
+        env[v] = intern(_const_key(c)), None
     for v, a in zip(jaxpr.invars, args, strict=True):
         env[v] = a
     for eqn in jaxpr.eqns:
@@ -91,11 +155,9 @@ def _run(jaxpr: Any, consts: Sequence[Any], args: Sequence[tuple[int, int | None
         if len(leaves) > 1:
             raise _NotLeafwise("an operation mixes two leaves")
         leaf = leaves.pop() if leaves else None
-        inner = next((eqn.params[k] for k in _CALLS if k in eqn.params), None)
-        if inner is not None:
-            closed = inner if hasattr(inner, "consts") else None
-            body = closed.jaxpr if closed is not None else inner
-            outs = _run(body, closed.consts if closed is not None else [], ins, intern)
+        call = _call_body(eqn)
+        if call is not None:
+            outs = _run(*call, ins, intern)
         else:
             outs = _equation(eqn, ins, leaf, intern)
         for v, out in zip(eqn.outvars, outs, strict=True):
@@ -103,7 +165,19 @@ def _run(jaxpr: Any, consts: Sequence[Any], args: Sequence[tuple[int, int | None
     return [read(v) for v in jaxpr.outvars]
 
 
+def _sub_jaxprs(value: Any) -> list[Any]:
+    """The (closed) jaxprs in one parameter: a body, a tuple of branches, ..."""
+    if isinstance(value, jex_core.ClosedJaxpr | jex_core.Jaxpr):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [j for v in value for j in _sub_jaxprs(v)]
+    return []
+
+
 def _equation(eqn: Any, ins: list, leaf: int | None, intern) -> list:
+    """Ids of one equation's outputs. Only an elementwise primitive, or any primitive
+    on scalars only, has one: named by its parameters and operands (a body it has is
+    not stepped into but named by its text and its constants' values)."""
     name = eqn.primitive.name
     all_scalar = all(_scalar(v.aval) for v in (*eqn.invars, *eqn.outvars))
     if name == "broadcast_in_dim" and _scalar(eqn.invars[0].aval):
@@ -111,7 +185,11 @@ def _equation(eqn: Any, ins: list, leaf: int | None, intern) -> list:
         return [(intern(key), leaf)]
     if not (all_scalar or name in _ELEMENTWISE):
         raise _NotLeafwise(f"{name} on an array")
-    base = (name, _params_key(eqn.params), tuple(i for i, _ in ins))
+    # a body's text names its constants without their values: two bodies that differ
+    # only in a constant must not get one id
+    bodies = [j for v in eqn.params.values() for j in _sub_jaxprs(v)]
+    consts = tuple(_const_key(c) for j in bodies for c in getattr(j, "consts", ()))
+    base = (name, _params_key(eqn.params), consts, tuple(i for i, _ in ins))
     return [(intern((*base, k)), leaf) for k in range(len(eqn.outvars))]
 
 
@@ -155,6 +233,10 @@ def optimizer_storage(optimizer: optax.GradientTransformation, group: Layout) ->
     (the structure its ``update`` then takes); :class:`~purelearn.layout.Packed`
     reads it back as the state made for the pytree. The answer is remembered
     for the same optimizer and layout (the comparison traces ``update`` twice).
+
+    Raises whatever ``optimizer.init`` or ``optimizer.update`` raises on the
+    pytree ``group`` describes (an error of the optimizer, not a layout
+    question); an error on the buffers only means None.
     """
     try:
         answers = _ANSWERS.setdefault(optimizer.update, {})
@@ -162,34 +244,22 @@ def optimizer_storage(optimizer: optax.GradientTransformation, group: Layout) ->
         answers = {}
     key = (optimizer.init, group)
     if key not in answers:
-        try:
-            answers[key] = _storage(optimizer, group)
-        except Exception:  # not leafwise, or an optimizer that cannot take buffers at all
-            answers[key] = None
+        answers[key] = _storage(optimizer, group)
     return answers[key]
 
 
-def _storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:
-    tree, flat = group.abstract_tree(), group.abstract_buffers()
-    tree_state = jax.eval_shape(optimizer.init, tree)
-    flat_state = jax.eval_shape(optimizer.init, flat)
-    segments = _state_segments(tree_state, flat_state, group)
-    if segments is None:
-        return None
-    storage = Storage(
-        jax.tree.structure(tree_state), jax.tree.structure(flat_state), segments, group
-    )
-    intern = _Interner()
-    flat_out = _trace(optimizer, flat, flat_state, storage, intern, per_leaf=False)
-    tree_out = _trace(optimizer, tree, tree_state, storage, intern, per_leaf=True)
-    return storage if flat_out == tree_out else None
+class _Program(NamedTuple):
+    """``update`` traced on some parameters, with the state it was given."""
+
+    closed: Any  # the ClosedJaxpr of update(grads, state, params)
+    state: Any  # the state init made (abstract)
+    returns_its_structure: bool  # updates like params, new state like state
 
 
-def _trace(optimizer, params, state, storage: Storage, intern, *, per_leaf: bool) -> list:
-    """The canonical ids of ``update``'s outputs (updates, then state), with the tree's
-    leaves mapped to the buffers they live in; a leaf's result checked to use that
-    leaf only."""
-    group = storage.group
+def _program(optimizer: optax.GradientTransformation, params: Any) -> _Program:
+    """``optimizer.init`` and ``update`` traced on ``params`` (abstract), the gradients
+    shaped like them; raises what the optimizer raises."""
+    state = jax.eval_shape(optimizer.init, params)
 
     def update(grads, state, params):
         return optimizer.update(grads, state, params)
@@ -197,10 +267,60 @@ def _trace(optimizer, params, state, storage: Storage, intern, *, per_leaf: bool
     closed, (updates_shape, state_shape) = jax.make_jaxpr(update, return_shape=True)(
         params, state, params
     )
-    if jax.tree.structure(updates_shape) != jax.tree.structure(params) or jax.tree.structure(
-        state_shape
-    ) != jax.tree.structure(state):
+    same = jax.tree.structure(updates_shape) == jax.tree.structure(params) and (
+        jax.tree.structure(state_shape) == jax.tree.structure(state)
+    )
+    return _Program(closed, state, same)
+
+
+def _buffers_program(optimizer: optax.GradientTransformation, group: Layout) -> _Program | None:
+    """``update`` traced on the buffers; None where the optimizer cannot take them.
+
+    Called only after the same tracing succeeded on the pytree, so a failure
+    here comes from the buffers standing in for the tree (a mask or a label
+    tree with the pytree's structure, a rule that reads ``.ndim``), whatever
+    the exception's type.
+    """
+    try:
+        return _program(optimizer, group.abstract_buffers())
+    except Exception:  # the buffers, not the optimizer: see above
+        return None
+
+
+def _storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:
+    # the pytree first and outside any try: an optimizer's own error propagates
+    tree = _program(optimizer, group.abstract_tree())
+    flat = _buffers_program(optimizer, group)
+    if flat is None:
+        return None
+    try:
+        return _compare(tree, flat, group)
+    except _NotLeafwise:
+        return None
+
+
+def _compare(tree: _Program, flat: _Program, group: Layout) -> Storage | None:
+    """The storage if the two programs compute the same per buffer (see the module doc);
+    raises ``_NotLeafwise`` (or returns None) where they do not."""
+    if not (tree.returns_its_structure and flat.returns_its_structure):
         raise _NotLeafwise("update returns another structure than it takes")
+    segments = _state_segments(tree.state, flat.state, group)
+    if segments is None:
+        return None
+    storage = Storage(
+        jax.tree.structure(tree.state), jax.tree.structure(flat.state), segments, group
+    )
+    intern = _Interner()
+    flat_out = _ids(flat, storage, intern, per_leaf=False)
+    tree_out = _ids(tree, storage, intern, per_leaf=True)
+    return storage if flat_out == tree_out else None
+
+
+def _ids(program: _Program, storage: Storage, intern, *, per_leaf: bool) -> list:
+    """The canonical ids of ``update``'s outputs (updates, then state), with the tree's
+    leaves mapped to the buffers they live in; a leaf's result checked to use that
+    leaf only."""
+    group = storage.group
     n = group.num_leaves
 
     def inputs(kind: str) -> list[tuple[int, int | None]]:
@@ -218,6 +338,7 @@ def _trace(optimizer, params, state, storage: Storage, intern, *, per_leaf: bool
             state_in += [(intern(("state", s, b)), None) for b in range(len(group.dtypes))]
         else:
             state_in.append((intern(("state", s, 0)), None))
+    closed = program.closed
     outs = _run(closed.jaxpr, closed.consts, [*grads_in, *state_in, *params_in], intern)
     updates, new_state = outs[: len(grads_in)], outs[len(grads_in) :]
     if per_leaf:

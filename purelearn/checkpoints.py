@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from purelearn import _checks, _files, layout
+from purelearn import _checks, _files, distributed
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoints", "DIRECTORY_MARKER"]
 
@@ -302,7 +302,7 @@ def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
     directory, name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"path {path!r}: its directory {directory!r} does not exist")
-    names, leaves, _ = _entries(layout.to_pytree(state))
+    names, leaves, _ = _entries(state)
     # One device_get for all leaves: the transfers overlap.
     host = jax.device_get([_to_host(n, leaf) for n, leaf in zip(names, leaves, strict=True)])
     host = [x if _is_number(x) or _empty(x) else np.asarray(x, _native(x.dtype)) for x in host]
@@ -347,8 +347,7 @@ def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
         half-loaded.
     """
     path = _checks.file_path("path", path)
-    stored_like, like_state = like_state, layout.to_pytree(like_state)
-    return layout.pack_like(_load(path, like_state), stored_like)
+    return _load(path, like_state)
 
 
 def _load(path: str, like_state: Any) -> Any:
@@ -468,7 +467,7 @@ def _save_directory(
     """Save ``state`` as a new step of the directory checkpoint ``path``; its step."""
     import orbax.checkpoint as ocp
 
-    names, leaves, _ = _entries(layout.to_pytree(state))
+    names, leaves, _ = _entries(state)
     _nest(names, leaves, "state")
     arrays: list[Any] = []
     entries: list[dict[str, Any]] = []
@@ -695,15 +694,28 @@ def _check_same_names(where: str, saved: dict[Name, Any], names: list[Name], lik
         raise ValueError(f"{where} does not match the structure of like_state: " + "; ".join(parts))
 
 
+def _step_of(state: Any, epoch: int) -> int:
+    """The step a state is saved under: its own ``step`` count when it has one."""
+    step = getattr(state, "step", None)
+    if step is None or np.ndim(step) != 0:
+        return int(epoch)
+    return int(np.asarray(distributed.to_host(step)))  # replicated across processes too
+
+
 class Checkpoints:
-    """A directory of checkpoints that keeps the last ``keep`` and the best: a ``fit`` callback.
+    """A directory of checkpoints that keeps the newest ``keep`` and the best: a ``fit`` callback.
 
     ``fit(..., callback=Checkpoints("run/", keep=3, best="eval_accuracy"))``
-    saves the state after every epoch as step ``epoch`` (orbax, every process
-    writing its own shards, each step committed atomically), then deletes the
-    steps that are neither among the last ``keep`` nor the best by ``best``
-    (a history metric, larger is better unless ``mode="min"``). It never
-    stops training (returns False). Restore with :meth:`restore`.
+    saves the state after every epoch (orbax, every process writing its own
+    shards, each step committed atomically) under ``state.step``, the number
+    of training steps it has taken (a state without a ``step`` is saved
+    under the callback's epoch), so the steps of a resumed run
+    (``fit(state=s)``) follow those of the run it resumes. Then it deletes
+    the steps that are neither among the newest ``keep`` nor the best by
+    ``best`` (a history metric, larger is better unless ``mode="min"``).
+    Saving a step that exists replaces it (a run redone from an older
+    checkpoint). It never stops training (returns False). Restore with
+    :meth:`restore` (default: the newest step).
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp
@@ -754,13 +766,17 @@ class Checkpoints:
         return max(scored, key=lambda ms: (ms[0], -ms[1]))[1] if scored else None
 
     def __call__(self, epoch: int, state: Any, history: dict[str, list[float]]) -> bool:
-        """Save ``state`` as step ``epoch`` (with the history's last values as metrics)."""
+        """Save ``state`` as step ``state.step`` (else ``epoch``), with the history's last
+        values as metrics."""
         metrics = {k: float(v[-1]) for k, v in history.items() if k != "step_loss" and v}
         if self.best is not None and self.best not in metrics:
             raise ValueError(f"best={self.best!r} is not in the history: {sorted(metrics)}")
+        step = _step_of(state, epoch)
         manager = self._manager()
         try:
-            _save_directory(self.directory, state, manager=manager, step=epoch, metrics=metrics)
+            if step in manager.all_steps():
+                manager.delete(step)
+            _save_directory(self.directory, state, manager=manager, step=step, metrics=metrics)
             steps = sorted(manager.all_steps())
             keep = set(steps[-self.keep :]) | {self._best(manager)}
             for old in steps:
@@ -788,6 +804,5 @@ class Checkpoints:
 
     def restore(self, like_state: Any, *, step: int | None = None) -> Any:
         """The state of ``step`` (default: the latest), as :func:`load_checkpoint` gives it."""
-        names, likes, treedef = _entries(layout.to_pytree(like_state))
-        state = _load_directory(self.directory, names, likes, treedef, step=step)
-        return layout.pack_like(state, like_state)
+        names, likes, treedef = _entries(like_state)
+        return _load_directory(self.directory, names, likes, treedef, step=step)

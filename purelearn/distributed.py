@@ -313,3 +313,81 @@ def launch_local(
         results.append(LaunchResult(p.returncode, out.read(), err.read()))
         out.close(), err.close()
     return results
+
+
+# -- the engine's data-parallel placement (used by purelearn.training) ---------------
+# Not in __all__: what a user calls is above; these say how the engine lays out a
+# training set split over devices and the state beside it.
+
+
+def spans_processes(x: Any) -> bool:
+    """Whether ``x`` is a concrete array some of whose shards live in other processes."""
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return False
+    return not x.is_fully_addressable
+
+
+def data_sharding(x: Any) -> NamedSharding | None:
+    """The sharding of a training set split over several devices along its examples:
+    each batch is split the same way (data parallel). None for anything else."""
+    sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
+    if isinstance(x, jax.core.Tracer) or not isinstance(sharding, NamedSharding):
+        return None
+    if len(sharding.device_set) < 2 or not sharding.spec or sharding.spec[0] is None:
+        return None
+    return NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+
+
+def is_explicit(sharding: NamedSharding) -> bool:
+    """Whether the mesh has explicit axes (shardings are part of the arrays' types)."""
+    return any(t == AxisType.Explicit for t in sharding.mesh.axis_types)
+
+
+def place(x: Any, sharding: NamedSharding | None) -> Any:
+    """Inside jit: ``x`` laid out as ``sharding`` (explicit axes are resharded, auto
+    ones constrained); as it is without one."""
+    if sharding is None:
+        return x
+    if is_explicit(sharding):
+        return jax.tree.map(lambda a: jax.sharding.reshard(a, sharding), x)
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def replicated(sharding: NamedSharding | None) -> NamedSharding | None:
+    """The sharding that holds a whole copy on every device of ``sharding``'s mesh."""
+    return None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def gather_rows(x: jax.Array, idx: jax.Array, sharding: NamedSharding | None) -> jax.Array:
+    """The rows ``idx`` of the global set, split over the data axis like the set."""
+    if sharding is None:
+        return x[idx]
+    if is_explicit(sharding):
+        spec = PartitionSpec(sharding.spec[0], *([None] * (x.ndim - 1)))
+        return x.at[idx].get(out_sharding=NamedSharding(sharding.mesh, spec))
+    return jax.lax.with_sharding_constraint(x[idx], sharding)
+
+
+def replicate_for(tree: Any, x: Any) -> Any:
+    """``tree`` (a training state living on one process) replicated over the mesh of a
+    batch ``x`` that spans processes (a jitted step cannot mix the two) or whose mesh is
+    explicit (the sharding of every gradient must be known from its types); as it is
+    otherwise, and when it already spans the processes."""
+    sharding = data_sharding(x)
+    if sharding is None or not (spans_processes(x) or is_explicit(sharding)):
+        return tree
+    if all(spans_processes(a) for a in jax.tree.leaves(tree)):
+        return tree
+    return replicate(tree, sharding.mesh)
+
+
+@jax.jit
+def _min_max(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return y.min(), y.max()
+
+
+def min_max(y: jax.Array) -> tuple[int, int]:
+    """The smallest and largest entry of ``y``, which may span processes (every
+    process must call it then: it reduces on the devices and reads the replicas)."""
+    lo, hi = to_host(_min_max(y))
+    return int(lo), int(hi)

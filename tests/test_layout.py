@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import purelearn as pl
 from purelearn import layout
 from purelearn._leafwise import optimizer_storage
+from purelearn.training.packing import storage_for
 
 BF16 = np.dtype(jnp.bfloat16)
 
@@ -67,8 +68,10 @@ def same_dtypes(a: Any, b: Any) -> bool:
     return [x.dtype for x in host_leaves(a)] == [y.dtype for y in host_leaves(b)]
 
 
-def readable(state: pl.TrainState) -> tuple:
-    """Everything a state holds, read as pytrees."""
+def readable(state: Any) -> tuple:
+    """Everything a state holds, read as pytrees (a PackedState unpacked)."""
+    if isinstance(state, pl.PackedState):
+        state = state.unpack()
     return state.step, state.params, state.model_state, state.opt_state, state.key
 
 
@@ -484,10 +487,15 @@ OPTIMIZERS = {
 CLOSE = {"rtol": 2e-6, "atol": 1e-7}
 
 
+def start_state(model, optimizer, how, seed=0):
+    """A fresh state: the pytree, or packed for ``optimizer`` as ``how`` says."""
+    state = pl.TrainState.create(model, optimizer, seed)
+    return state if how == "pytree" else pl.PackedState.pack(state, optimizer, layout=how)
+
+
 def run_steps(model, optimizer, how, n=6, weight_decay=0.05, seed=0):
     x, y = toy_data(n=32)
-    state = pl.TrainState.create(model, optimizer, seed, layout=how)
-    assert state.layout == how
+    state = start_state(model, optimizer, how, seed)
     step = pl.make_train_step(model, optimizer, weight_decay=weight_decay)
     metrics = []
     for i in range(n):
@@ -498,17 +506,25 @@ def run_steps(model, optimizer, how, n=6, weight_decay=0.05, seed=0):
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_contiguous_steps_equal_pytree_steps(name):
+def test_packed_steps_equal_pytree_steps(name):
     model, optimizer = pl.mlp([5, 8, 3], dropout_rate=0.2), OPTIMIZERS[name]()
     flat, flat_metrics = run_steps(model, optimizer, "contiguous")
     tree, tree_metrics = run_steps(model, optimizer, "pytree")
-    assert flat.layout == "contiguous" and tree.layout == "pytree"
+    assert isinstance(flat, pl.PackedState) and isinstance(tree, pl.TrainState)
     assert int(flat.step) == 6
     assert_trees_close(readable(flat), readable(tree), **CLOSE)
     assert_trees_close(flat_metrics, tree_metrics, **CLOSE)
     # training moved the parameters: equality is not the untouched initialization
-    start = pl.TrainState.create(model, optimizer, 0, layout="pytree")
-    assert not np.allclose(host_leaves(flat.params)[0], host_leaves(start.params)[0])
+    start = pl.TrainState.create(model, optimizer, 0)
+    assert not np.allclose(host_leaves(readable(flat)[1])[0], host_leaves(start.params)[0])
+
+
+def test_packed_elementwise_steps_without_decay_are_bit_for_bit():
+    for optimizer in (pl.sgd(0.1), pl.momentum(0.05), pl.adam(0.01), pl.rmsprop(0.01)):
+        model = pl.mlp([5, 8, 8, 3])
+        flat, _ = run_steps(model, optimizer, "contiguous", weight_decay=0.0)
+        tree, _ = run_steps(model, optimizer, "pytree", weight_decay=0.0)
+        assert trees_equal(readable(flat)[1], tree.params)
 
 
 def test_batch_norm_steps_equal_pytree_steps():
@@ -535,61 +551,53 @@ def test_mixed_dtype_parameters_train_the_same_in_two_buffers():
     model, optimizer = pl.from_flax(MixedPrecision(), jnp.ones((1, 5))), pl.adam(0.01)
     flat, flat_metrics = run_steps(model, optimizer, "contiguous", weight_decay=0.0)
     tree, tree_metrics = run_steps(model, optimizer, "pytree", weight_decay=0.0)
-    stored = jax.tree_util.tree_flatten_with_path(flat)[0]
-    params = [a for p, a in stored if jax.tree_util.keystr(p).startswith(".params")]
-    assert [np.dtype(a.dtype) for a in params] == [BF16, np.dtype(np.float32)]  # two buffers
+    assert [np.dtype(a.dtype) for a in flat.params.buffers] == [BF16, np.dtype(np.float32)]
     assert_trees_close(readable(flat), readable(tree), **CLOSE)
-    assert same_dtypes(flat.params, tree.params) and same_dtypes(flat.opt_state, tree.opt_state)
+    _, params, _, opt_state, _ = readable(flat)
+    assert same_dtypes(params, tree.params) and same_dtypes(opt_state, tree.opt_state)
     assert_trees_close(flat_metrics, tree_metrics, **CLOSE)
 
 
-def test_a_non_leafwise_optimizer_falls_back_or_is_refused():
-    model = pl.mlp([5, 8, 3])
+def test_a_non_leafwise_optimizer_trains_as_the_pytree_or_is_refused():
+    model, data = pl.mlp([5, 8, 3]), toy_data(n=32)
     for optimizer in (optax.masked(optax.sgd(0.1), BY_RANK), pl.adamw(0.1, mask=BY_RANK)):
-        assert pl.TrainState.create(model, optimizer, 0).layout == "pytree"
-        with pytest.raises(ValueError, match=r"layout='contiguous'.*layout='pytree'"):
-            pl.TrainState.create(model, optimizer, 0, layout="contiguous")
+        assert storage_for(optimizer, model.init(0)[0], "auto") is None
+        with pytest.raises(ValueError, match=r"layout='contiguous'.*elementwise"):
+            pl.PackedState.pack(pl.TrainState.create(model, optimizer, 0), optimizer)
         with pytest.raises(ValueError, match="layout='contiguous'"):
-            pl.train_run(model, optimizer, toy_data(n=32), epochs=1, batch_size=16, key=0,
+            pl.train_run(model, optimizer, data, epochs=1, batch_size=16, key=0,
                          layout="contiguous")  # fmt: skip
-    assert pl.TrainState.create(model, pl.sgd(), 0).layout == "contiguous"  # auto, leafwise
+        auto = pl.train_run(model, optimizer, data, epochs=2, batch_size=16, key=0, layout="auto")
+        tree = pl.train_run(model, optimizer, data, epochs=2, batch_size=16, key=0)
+        assert trees_equal(auto, tree)  # refused: the very same pytree program
     with pytest.raises(ValueError, match="layout"):
-        pl.TrainState.create(model, pl.sgd(), 0, layout="flat")
+        pl.fit(model, pl.sgd(), data, epochs=1, batch_size=16, key=0, layout="flat")
     with pytest.raises(ValueError, match="layout"):
-        pl.fit(model, pl.sgd(), toy_data(n=32), epochs=1, batch_size=16, key=0, layout="flat")
+        pl.PackedState.pack(pl.TrainState.create(model, pl.sgd(), 0), pl.sgd(), layout="flat")
 
 
 def test_auto_keeps_a_single_parameter_array_as_a_pytree():
     model = pl.from_flax(nn.Dense(3, use_bias=False), jnp.ones((1, 5)))
-    assert pl.TrainState.create(model, pl.adam(), 0).layout == "pytree"
-    state = pl.TrainState.create(model, pl.adam(), 0, layout="contiguous")
-    assert state.layout == "contiguous"
-    assert trees_equal(readable(state), readable(pl.TrainState.create(model, pl.adam(), 0)))
+    params = model.init(0)[0]
+    assert storage_for(pl.adam(), params, "auto") is None  # nothing would share
+    assert storage_for(pl.adam(), params, "contiguous") is not None
+    packed = pl.PackedState.pack(pl.TrainState.create(model, pl.adam(), 0), pl.adam())
+    assert trees_equal(readable(packed), readable(pl.TrainState.create(model, pl.adam(), 0)))
 
 
-def test_masked_optimizer_under_auto_trains_as_the_pytree():
-    model, optimizer = pl.mlp([5, 8, 3]), optax.masked(optax.adam(0.01), BY_RANK)
-    auto, _ = run_steps(model, optimizer, "pytree")
-    state = pl.TrainState.create(model, optimizer, 0)
-    step = pl.make_train_step(model, optimizer, weight_decay=0.05)
-    x, y = toy_data(n=32)
-    for i in range(6):
-        state, _ = step(state, jnp.roll(x, 3 * i, axis=0), jnp.roll(y, 3 * i, axis=0))
-    assert state.layout == "pytree" and trees_equal(readable(state), readable(auto))
-
-
-def test_fit_history_is_the_same_in_both_layouts():
+def test_fit_history_is_close_in_every_layout_and_the_default_is_the_pytree():
     model, optimizer = pl.mlp([5, 8, 3], dropout_rate=0.1), pl.adam(0.01)
     data, held_out = toy_data(n=64), toy_data(n=32, seed=2)
     kw = {"epochs": 3, "batch_size": 16, "key": 1, "eval_data": held_out, "progress": False}
     flat, h_flat = pl.fit(model, optimizer, data, weight_decay=0.01, layout="contiguous", **kw)
     tree, h_tree = pl.fit(model, optimizer, data, weight_decay=0.01, layout="pytree", **kw)
-    assert flat.layout == "contiguous" and tree.layout == "pytree"
+    default, h_default = pl.fit(model, optimizer, data, weight_decay=0.01, **kw)
+    assert trees_equal(default, tree) and h_default == h_tree
+    assert isinstance(flat, pl.TrainState)  # packed only inside the program
     assert set(h_flat) == set(h_tree)
     for name in h_tree:
         np.testing.assert_allclose(h_flat[name], h_tree[name], rtol=2e-6, err_msg=name)
-    assert_trees_close(readable(flat), readable(tree), rtol=1e-5, atol=1e-7)
-    assert pl.evaluate(model, flat, *held_out) == pl.evaluate(model, tree, *held_out)
+    assert_trees_close(flat, tree, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow
@@ -600,13 +608,13 @@ def test_train_run_curves_are_the_same_in_both_layouts():
           "weight_decay": 0.01}  # fmt: skip
     flat, c_flat = pl.train_run(model, optimizer, toy_data(n=64), layout="contiguous", **kw)
     tree, c_tree = pl.train_run(model, optimizer, toy_data(n=64), layout="pytree", **kw)
-    assert flat.layout == "contiguous" and tree.layout == "pytree"
+    assert isinstance(flat, pl.TrainState)
     assert_trees_close(c_flat, c_tree, rtol=1e-6, atol=1e-7)
-    assert_trees_close(readable(flat), readable(tree), rtol=1e-5, atol=1e-7)
+    assert_trees_close(flat, tree, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow
-def test_vmapped_contiguous_runs_read_as_batched_pytrees():
+def test_vmapped_packed_runs_return_batched_pytrees():
     model, optimizer, data = pl.mlp([5, 8, 3]), pl.adam(0.01), toy_data(n=48)
     keys = jax.random.split(jax.random.key(0), 3)
 
@@ -614,249 +622,120 @@ def test_vmapped_contiguous_runs_read_as_batched_pytrees():
         return pl.train_run(model, optimizer, data, epochs=2, batch_size=16, key=key, layout=how)
 
     batched, curves = jax.jit(jax.vmap(lambda k: run(k, "contiguous")))(keys)
-    assert batched.layout == "contiguous"
+    assert isinstance(batched, pl.TrainState)
     assert batched.params[0]["w"].shape == (3, 5, 8)
     assert batched.opt_state.mu[1]["b"].shape == (3, 3)
     for i in range(3):
         single, single_curves = run(keys[i], "pytree")
-        lane = jax.tree.map(lambda a, i=i: a[i], batched)  # slices the stored buffers
-        assert lane.layout == "contiguous"
-        assert_trees_close(readable(lane), readable(single), rtol=1e-5, atol=1e-6)
-        read = jax.tree.map(lambda a, i=i: a[i], readable(batched))  # slices the read pytrees
-        assert_trees_close(read, readable(single), rtol=1e-5, atol=1e-6)
+        lane = jax.tree.map(lambda a, i=i: a[i], batched)
+        assert_trees_close(lane, single, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(curves["loss"][i], single_curves["loss"], rtol=1e-5)
     assert not np.allclose(batched.params[0]["w"][0], batched.params[0]["w"][1])
 
 
-@pytest.mark.slow
-def test_random_search_scores_equal_pytree_runs_of_each_trial():
-    model, data, held_out = pl.mlp([5, 8, 3]), toy_data(n=48), toy_data(n=32, seed=3)
-    # the searches' runs are stored contiguously (auto, a leafwise optimizer)
-    injected = optax.inject_hyperparams(pl.sgd)(learning_rate=0.1)
-    assert pl.TrainState.create(model, injected, 0).layout == "contiguous"
-    results = pl.random_search(
-        model, pl.sgd, data, held_out, space={"learning_rate": pl.log_uniform(0.01, 1.0)},
-        num_trials=3, epochs=2, batch_size=16, key=7,
-    )  # fmt: skip
-    keys = jax.random.split(jax.random.key(7), 3)
-    for row in results:
-        lr = jnp.float32(row["learning_rate"])  # the search trains with float32 values
-        _, curves = pl.train_run(
-            model, optax.inject_hyperparams(pl.sgd)(learning_rate=lr), data, epochs=2,
-            batch_size=16, key=keys[row["trial"]], eval_data=held_out, layout="pytree",
-        )  # fmt: skip
-        assert row["val_acc"] == pytest.approx(float(curves["eval_accuracy"][-1]), abs=1e-6)
-        np.testing.assert_allclose(row["loss_curve"], curves["loss"], rtol=1e-5)
+# -- PackedState: storage kept across step calls ---------------------------------------
 
 
-# -- TrainState: the named-tuple API over stored buffers ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """A contiguous state a few Adam steps in (moments and count non-zero), batch norm."""
+def test_packed_state_is_a_pytree_of_its_buffers():
     model, optimizer = pl.mlp([5, 8, 3], batch_norm=True), pl.adam(0.01)
-    state, _ = run_steps(model, optimizer, "contiguous", n=2)
-    return model, optimizer, state
-
-
-def test_replace_with_a_pytree_keeps_the_contiguous_storage(trained):
-    _, _, state = trained
-    doubled = jax.tree.map(lambda a: a * 2, state.params)
-    new = state._replace(params=doubled, step=jnp.int32(40))
-    assert new.layout == "contiguous" and int(new.step) == 40
-    assert trees_equal(new.params, doubled)
-    assert trees_equal(new.opt_state, state.opt_state)
-    assert len(jax.tree.leaves(new)) == len(jax.tree.leaves(state))  # still buffers
-    moments = state.opt_state._replace(count=jnp.int32(9))
-    assert int(state._replace(opt_state=moments).opt_state.count) == 9
-    # inside jit too (the pytree is traced)
-    inside = jax.jit(lambda s: s._replace(params=jax.tree.map(lambda a: a + 1, s.params)))(state)
-    assert inside.layout == "contiguous"
-    assert trees_equal(inside.params, jax.tree.map(lambda a: a + 1, state.params))
-
-
-def test_replace_refuses_unknown_fields_and_other_shapes(trained):
-    _, _, state = trained
-    with pytest.raises(ValueError, match="no field 'parameters'"):
-        state._replace(parameters=state.params)
-    wrong = jax.tree.map(lambda a: jnp.zeros((*a.shape, 2), a.dtype), state.params)
-    with pytest.raises(ValueError, match="shapes"):
-        state._replace(params=wrong)
-    with pytest.raises(ValueError, match="does not match"):
-        state._replace(params=state.params[:-1])
-
-
-def test_replace_with_another_dtype_is_refused_or_kept(trained):
-    _, _, state = trained
-    half = jax.tree.map(lambda a: a.astype(jnp.float16), state.params)
-    try:
-        new = state._replace(params=half)
-    except ValueError as err:  # refused, saying why
-        assert "dtype" in str(err)
-        return
-    # kept: the numbers read back are the float16 ones, not rounded through float32
-    assert trees_equal(new.params, half) and same_dtypes(new.params, half)
-
-
-def test_a_state_iterates_indexes_and_converts_as_a_named_tuple(trained):
-    _, _, state = trained
-    fields = ("step", "params", "model_state", "opt_state", "key")
-    assert state._fields == fields and len(state) == 5
-    step, params, model_state, opt_state, key = state
-    assert trees_equal((step, params, model_state, opt_state, key), readable(state))
-    assert trees_equal(state[1], state.params) and trees_equal(state[-2], state.opt_state)
-    assert trees_equal(state[1:3], (state.params, state.model_state))
-    as_dict = state._asdict()
-    assert list(as_dict) == list(fields) and trees_equal(as_dict["params"], state.params)
-    assert isinstance(params, list) and isinstance(opt_state, pl.AdamState)
-    # the pytree paths keep the field names (checkpoints name leaves by them)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-    assert {p.split("[")[0] for p in paths} == {f".{f}" for f in fields}
-
-
-def test_tree_map_over_a_contiguous_state_maps_the_buffers(trained):
-    _, _, state = trained
-    copied = jax.tree.map(jnp.copy, state)
-    assert copied.layout == "contiguous" and trees_equal(readable(copied), readable(state))
-    # at most a handful of stored arrays: step, key, 1 params buffer, count + 2 moments
-    assert len(jax.tree.leaves(state)) <= 6 + len(jax.tree.leaves(state.model_state))
-
-    def halve(a):
-        return a / 2 if jnp.issubdtype(a.dtype, jnp.floating) else a
-
-    assert trees_equal(jax.tree.map(halve, state).params, jax.tree.map(halve, state.params))
-    through = jax.jit(lambda s: s)(state)
-    assert through.layout == "contiguous" and trees_equal(readable(through), readable(state))
+    packed, _ = run_steps(model, optimizer, "contiguous", n=2)
+    doubled = jax.tree.map(lambda a: a * 2 if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                           packed._replace(key=None))  # fmt: skip
+    assert isinstance(doubled, pl.PackedState) and doubled.optimizer is optimizer
+    np.testing.assert_array_equal(doubled.params.buffers[0], packed.params.buffers[0] * 2)
+    with pytest.raises(ValueError, match="no field"):
+        packed._replace(weights=1)
+    assert "PackedState(" in repr(packed)
 
 
 def test_the_step_donates_the_stored_buffers():
-    model, optimizer = pl.mlp([5, 3]), pl.adam(0.1)
-    state = pl.TrainState.create(model, optimizer, 0, layout="contiguous")
-    new, _ = pl.make_train_step(model, optimizer)(state, *toy_data(n=16))
-    assert new.layout == "contiguous"
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if jax.tree_util.keystr(path).startswith((".params", ".opt_state")):
-            assert leaf.is_deleted(), jax.tree_util.keystr(path)
+    model, optimizer = pl.mlp([5, 8, 3]), pl.sgd(0.1)
+    packed = start_state(model, optimizer, "contiguous")
+    pl.make_train_step(model, optimizer)(packed, *toy_data(n=32))
+    assert all(b.is_deleted() for b in packed.params.buffers)
+    with pytest.raises(RuntimeError, match="deleted"):
+        packed.params.tree  # noqa: B018
+    kept = start_state(model, optimizer, "contiguous")
+    pl.make_train_step(model, optimizer, donate=False)(kept, *toy_data(n=32))
+    assert not any(b.is_deleted() for b in kept.params.buffers)
 
 
-def test_fit_leaves_a_contiguous_callers_state_usable():
+def test_an_abstract_packed_state_reads_as_abstract_pytrees():
     model, optimizer = pl.mlp([5, 8, 3]), pl.adam(0.01)
-    data, kw = toy_data(n=64), {"batch_size": 16, "progress": False}
-    start, _ = pl.fit(model, optimizer, data, epochs=1, key=3, layout="contiguous", **kw)
-    before = host_leaves(readable(start))
-    # a given state keeps its own layout, whatever layout= says
-    resumed, _ = pl.fit(model, optimizer, data, epochs=1, state=start, layout="pytree", **kw)
-    assert resumed.layout == "contiguous"
-    assert not any(a.is_deleted() for a in jax.tree.leaves(start))
-    assert all(
-        np.array_equal(a, b) for a, b in zip(host_leaves(readable(start)), before, strict=True)
-    )
-    again, _ = pl.fit(model, optimizer, data, epochs=1, state=start, **kw)
-    assert trees_equal(readable(again), readable(resumed))
+    abstract = jax.eval_shape(lambda: start_state(model, optimizer, "contiguous"))
+    params = abstract.params.tree
+    assert isinstance(params[0]["w"], jax.ShapeDtypeStruct) and params[0]["w"].shape == (5, 8)
 
 
-def test_an_abstract_contiguous_state_reads_as_abstract_pytrees():
-    model, optimizer = pl.mlp([5, 8, 3]), pl.adam()
-    abstract = jax.eval_shape(lambda: pl.TrainState.create(model, optimizer, 0))
-    want = jax.eval_shape(lambda: pl.TrainState.create(model, optimizer, 0, layout="pytree"))
-    assert jax.tree.map(jnp.shape, abstract.params) == jax.tree.map(jnp.shape, want.params)
-
-
-def test_a_state_cast_to_float64_trains_in_float64_in_both_layouts():
-    # test_training's finite-difference check casts a state with jax.tree.map; the
-    # gradient must come back in float64, not rounded to the dtypes recorded at packing
-    model, optimizer = pl.mlp([4, 6, 3], activation="tanh"), pl.sgd(1.0)
-    with jax.enable_x64(True):
-        x, y = toy_data(n=8, d=4)
+def test_a_state_cast_to_float64_trains_in_float64_packed_and_not():
+    script = textwrap.dedent(
+        """
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp, numpy as np, purelearn as pl
+        model, opt = pl.mlp([4, 6, 3]), pl.adam(0.01)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 4)))
+        y = jnp.arange(16) % 3
         results = []
-        for how in ("contiguous", "pytree"):
-            state = pl.TrainState.create(model, optimizer, 0, layout=how)
-            state = jax.tree.map(
-                lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, state
-            )
-            new, _ = pl.make_train_step(model, optimizer)(state, x.astype(jnp.float64), y)
-            results.append(new.params)
-        assert same_dtypes(results[0], results[1])
-        assert_trees_close(results[0], results[1], rtol=1e-12, atol=1e-15)
+        for how in ("pytree", "contiguous"):
+            state = pl.TrainState.create(model, opt, 0)
+            state = jax.tree.map(lambda a: a.astype(jnp.float64)
+                                 if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+            if how == "contiguous":
+                state = pl.PackedState.pack(state, opt, layout=how)
+            step = pl.make_train_step(model, opt)
+            for _ in range(3):
+                state, _ = step(state, x, y)
+            if how == "contiguous":
+                state = state.unpack()
+            assert state.params[0]["w"].dtype == jnp.float64
+            results.append(state.params)
+        d = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])))
+        assert d < 1e-12, d
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
-# -- checkpoints: the pytree form, loadable into either layout -----------------------------
+def test_a_resumed_packed_fit_equals_an_uninterrupted_one():
+    model, optimizer, data = pl.mlp([5, 8, 3]), pl.adam(0.01), toy_data(n=48)
+    kw = {"batch_size": 16, "progress": False, "layout": "contiguous"}
+    whole, h_whole = pl.fit(model, optimizer, data, epochs=4, key=0, **kw)
+    half, h1 = pl.fit(model, optimizer, data, epochs=2, key=0, **kw)
+    rest, h2 = pl.fit(model, optimizer, data, epochs=2, state=half, **kw)
+    assert trees_equal(rest, whole)
+    assert h1["loss"] + h2["loss"] == h_whole["loss"]
 
 
-@pytest.mark.parametrize("target", ["file", "directory/"])
-@pytest.mark.parametrize("saved, loaded", [("contiguous", "pytree"), ("pytree", "contiguous")])
-def test_a_checkpoint_loads_into_either_layout(tmp_path, trained, target, saved, loaded):
-    model, optimizer, contiguous = trained
-    state = contiguous if saved == "contiguous" else pl.TrainState(*readable(contiguous))
-    assert state.layout == saved
-    path = f"{tmp_path}/{target}"
-    pl.save_checkpoint(path, state)
-    like = pl.TrainState.create(model, optimizer, 5, layout=loaded)
-    restored = pl.load_checkpoint(path, like)
-    assert restored.layout == loaded
-    assert trees_equal(readable(restored), readable(contiguous))
-    # what was written is the pytree: it loads into a plain tuple of pytrees too
-    plain = pl.load_checkpoint(path, pl.TrainState(*readable(like)))
-    assert plain.layout == "pytree" and trees_equal(readable(plain), readable(contiguous))
-
-
-def test_a_resumed_contiguous_run_equals_an_uninterrupted_one(tmp_path):
-    model, optimizer = pl.mlp([5, 8, 3], dropout_rate=0.2), pl.adam(0.01)
-    data = toy_data(n=64)
-    kw = {"batch_size": 16, "key": 3, "progress": False, "layout": "contiguous"}
-    full, h_full = pl.fit(model, optimizer, data, epochs=4, **kw)
-    half, h_half = pl.fit(model, optimizer, data, epochs=2, **kw)
-    pl.save_checkpoint(tmp_path / "c", half)
-    like = pl.TrainState.create(model, optimizer, 0, layout="contiguous")
-    resumed = pl.load_checkpoint(tmp_path / "c", like)
-    assert resumed.layout == "contiguous"
-    rest, h_rest = pl.fit(model, optimizer, data, epochs=2, state=resumed, **kw)
-    assert rest.layout == "contiguous" and trees_equal(readable(rest), readable(full))
-    assert h_half["step_loss"] + h_rest["step_loss"] == h_full["step_loss"]
-
-
-def test_an_abstract_contiguous_like_loads_a_checkpoint(tmp_path, trained):
-    model, optimizer, state = trained
-    pl.save_checkpoint(tmp_path / "c", state)
-    like = jax.eval_shape(lambda: pl.TrainState.create(model, optimizer, 0))
-    restored = pl.load_checkpoint(tmp_path / "c", like)
-    assert trees_equal(readable(restored), readable(state))
-
-
-def test_the_checkpoints_callback_of_a_contiguous_fit_restores_into_a_pytree_state(tmp_path):
-    model, optimizer = pl.mlp([5, 4, 3]), pl.adam(0.01)
-    ckpts = pl.Checkpoints(tmp_path / "run", keep=1)
+def test_the_checkpoints_callback_of_a_packed_fit_saves_pytree_states(tmp_path):
+    model, optimizer = pl.mlp([5, 8, 3]), pl.adam(0.01)
+    ckpts = pl.Checkpoints(tmp_path / "run", keep=2)
     state, _ = pl.fit(model, optimizer, toy_data(n=32), epochs=1, batch_size=16, key=0,
                       progress=False, callback=ckpts, layout="contiguous")  # fmt: skip
-    like = pl.TrainState.create(model, optimizer, 0, layout="pytree")
-    assert trees_equal(readable(ckpts.restore(like)), readable(state))
+    like = pl.TrainState.create(model, optimizer, 0)
+    assert trees_equal(ckpts.restore(like), state)
 
 
-def test_with_layout_converts_both_ways_and_keeps_the_numbers():
+def test_deprecated_with_layout_still_converts():
     model, optimizer = pl.mlp([5, 8, 3]), pl.adam(0.01)
     plain, _ = run_steps(model, optimizer, "pytree")
-    packed = plain.with_layout(optimizer, "contiguous")
-    assert packed.layout == "contiguous" and trees_equal(readable(packed), readable(plain))
-    assert packed.with_layout(optimizer, "pytree").layout == "pytree"
-    assert plain.with_layout(optimizer).layout == "contiguous"  # auto
-    step = pl.make_train_step(model, optimizer, weight_decay=0.05)
-    x, y = toy_data(n=32)
-    a, _ = step(jax.tree.map(jnp.copy, plain), x, y)
-    b, _ = step(packed, x, y)
-    assert_trees_close(readable(a), readable(b), rtol=2e-6, atol=1e-7)
-    masked = optax.masked(optax.sgd(0.1), BY_RANK)
-    with pytest.raises(ValueError, match="layout='contiguous'"):
-        pl.TrainState.create(model, masked, 0, layout="pytree").with_layout(masked, "contiguous")
+    with pytest.warns(DeprecationWarning):
+        packed = plain.with_layout(optimizer, "contiguous")
+    assert isinstance(packed, pl.PackedState) and trees_equal(readable(packed), readable(plain))
+    with pytest.warns(DeprecationWarning):
+        assert plain.with_layout(optimizer, "pytree") is plain
 
 
-def test_a_contiguous_state_crosses_jit_as_a_few_arrays_whatever_the_depth():
-    # what the layout is for: per step, the arrays passed in and out do not grow with
+def test_a_packed_state_crosses_jit_as_a_few_arrays_whatever_the_depth():
+    # what PackedState is for: per step, the arrays passed in and out do not grow with
     # the number of parameter arrays (pytree: three per parameter array with Adam)
     for depth in (2, 40):
         model = pl.mlp([6] + [4] * depth + [3])
-        packed = pl.TrainState.create(model, pl.adam(), 0)
-        plain = pl.TrainState.create(model, pl.adam(), 0, layout="pytree")
+        plain = pl.TrainState.create(model, pl.adam(), 0)
+        packed = pl.PackedState.pack(plain, pl.adam(), layout="contiguous")
         # step, one parameter buffer, Adam's count and two moment buffers, the key
         assert len(jax.tree.leaves(packed)) == 6
         assert len(jax.tree.leaves(plain)) == 3 + 3 * 2 * (depth + 1)
@@ -880,16 +759,13 @@ def test_alone_from_gives_big_matrices_their_own_buffers_and_vectors_share():
     assert trees_equal(packed.tree, tree)
 
 
-def test_auto_trains_the_textbook_way_with_big_kernels_alone():
+def test_auto_packs_the_textbook_way_with_big_kernels_alone():
     model, optimizer = pl.mlp([5, 70, 70, 3]), pl.adam(0.01)  # the 70x70 kernel is alone
-    auto = pl.TrainState.create(model, optimizer, 0)
-    assert auto.layout == "contiguous" and len(auto._params.buffers) == 2
+    params_storage, _ = storage_for(optimizer, model.init(0)[0], "auto")
+    assert len(params_storage.group.dtypes) == 2
+    auto, _ = run_steps(model, optimizer, "auto")
+    assert len(auto.params.buffers) == 2
     plain, _ = run_steps(model, optimizer, "pytree")
-    state, step = auto, pl.make_train_step(model, optimizer, weight_decay=0.05)
-    x, y = toy_data(n=32)
-    for i in range(6):
-        state, _ = step(state, jnp.roll(x, 3 * i, axis=0), jnp.roll(y, 3 * i, axis=0))
-    assert_trees_close(readable(state), readable(plain), rtol=2e-6, atol=1e-7)
-    # a model whose every leaf would be alone stays a pytree: nothing would share
+    assert_trees_close(readable(auto), readable(plain), rtol=2e-6, atol=1e-7)
     single = pl.from_flax(nn.Dense(80, use_bias=False), jnp.ones((1, 80)))
-    assert pl.TrainState.create(single, optimizer, 0).layout == "pytree"
+    assert storage_for(optimizer, single.init(0)[0], "auto") is None

@@ -95,16 +95,17 @@ def test_step_is_pure_and_deterministic():
     assert trees_equal(a, b) and trees_equal(ma, mb)
 
 
-@pytest.mark.parametrize("layout", ["pytree", "contiguous"])
-def test_step_donates_its_input_state(layout):
+@pytest.mark.parametrize("packed", [False, True])
+def test_step_donates_its_input_state(packed):
     model, opt = pl.mlp([5, 4, 3]), pl.sgd(0.1)
-    state = pl.TrainState.create(model, opt, 0, layout=layout)
+    state = pl.TrainState.create(model, opt, 0)
+    state = pl.PackedState.pack(state, opt) if packed else state
     x, y = toy_data()
     step = pl.make_train_step(model, opt)
     step(state, x, y)
     assert all(a.is_deleted() for a in jax.tree.leaves(state._replace(key=None)))
     with pytest.raises(RuntimeError, match="deleted"):
-        jnp.sum(state.params[0]["w"])
+        jnp.sum(state.params.tree[0]["w"] if packed else state.params[0]["w"])
 
 
 class KeyProbe(nn.Module):
@@ -198,7 +199,7 @@ def test_fit_history_and_evaluation():
         eval_data=(xe, ye),
         progress=False,
     )
-    assert set(history) == {"loss", "train_accuracy", "eval_accuracy", "step_loss"}
+    assert set(history) == {"epoch", "loss", "train_accuracy", "eval_accuracy", "step_loss"}
     assert all(len(history[k]) == 6 for k in ("loss", "train_accuracy", "eval_accuracy"))
     assert history["loss"][-1] < history["loss"][0]
     assert history["eval_accuracy"][-1] == pl.evaluate(model, state, xe, ye)
