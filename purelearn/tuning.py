@@ -1,13 +1,15 @@
 """Hyperparameter search: vmapped random and grid search, Bayesian search through Optuna.
 
 Every search trains its trials as one vmapped, jitted program of
-:func:`~purelearn.training.train_run` (no Python loop over trials): the
-optimizer is ``optax.inject_hyperparams(optimizer_factory)(**hyperparams)``
-with every numeric value traced, and the L2 penalty ``weight_decay`` is
-traced too. Trials run in chunks of ``max_parallel`` (the last chunk padded
-by repeating a trial, the padding dropped), so memory stays bounded; a
-different chunk width changes the numbers only by float rounding (batched
-matmuls may sum in another order). Trial ``i`` uses the key
+:func:`~purelearn.training.train_run` (no Python loop over trials), through
+the runner the experiments use too,
+:func:`purelearn.training.trials.run_trials`: the optimizer is
+``optax.inject_hyperparams(optimizer_factory)(**hyperparams)`` with every
+numeric value traced, and the L2 penalty ``weight_decay`` is traced too.
+Trials run in chunks of ``max_parallel`` (the last chunk padded by repeating
+a trial, the padding dropped), so memory stays bounded; a different chunk
+width changes the numbers only by float rounding (batched matmuls may sum in
+another order). Trial ``i`` uses the key
 ``jax.random.split(key, num_trials)[i]`` and, in a random search, row ``i``
 of one uniform draw: it trains as ``train_run(..., key=keys[i])`` would
 alone, and a longer search with the same key extends a shorter one. The
@@ -31,21 +33,32 @@ argument) raise a ``ValueError`` at the call.
 Names are ``"weight_decay"`` (always the L2 penalty) and the arguments of
 ``optimizer_factory``; a name that is also a result field (``"trial"``,
 ``"val_acc"``, ...) is a ``ValueError``. Results are :class:`SearchResults`,
-best first: finite trials by final validation accuracy (ties keep trial
-order), then diverged ones (whose loss went non-finite). Each row is a dict
-of plain values:
+best first: finite trials by validation accuracy (ties keep trial order),
+then diverged ones (whose loss went non-finite). A trial is judged by the
+epoch whose state it returns: the last trained one, or with
+``EarlyStopping(restore_best=True)`` the restored (best) one. Each row is a
+dict of plain values:
 
 - the hyperparameters as drawn or given (training sees numbers rounded to
   float32);
 - ``"trial"``: the index ``i`` above, so the best run can be repeated alone;
-- ``"val_acc"``, ``"train_acc"``: accuracies after the last epoch;
+- ``"val_acc"``, ``"train_acc"``: accuracies after the last trained epoch,
+  or with ``restore_best`` after the restored epoch;
 - ``"val_acc_curve"``, ``"train_acc_curve"``, ``"loss_curve"``: per epoch;
-- ``"diverged"``: whether the training loss became NaN or infinite;
+- ``"diverged"``: whether the training loss became NaN or infinite (with
+  ``restore_best``: up to the restored epoch, since a later divergence does
+  not reach the state returned);
 - ``"history"``: the run's curves in the one vocabulary of
   :data:`purelearn.early_stopping.METRICS` (``"loss"``,
   ``"train_accuracy"``, ``"eval_accuracy"`` — the validation set is the eval
   set — and ``"trained"`` with early stopping);
-- ``"epochs_run"`` with early stopping.
+- ``"epochs_run"`` with early stopping;
+- ``"best_epoch"`` with ``restore_best``: the restored epoch (0-based), the
+  last trained epoch at which early stopping's monitored metric improved by
+  more than ``min_delta`` (see
+  :func:`~purelearn.training.trials.restored_epoch`); None when no epoch
+  improved (a monitored loss that was never finite: the untrained state is
+  returned, and the row's numbers are the last trained epoch's).
 
 :meth:`SearchResults.table` prints them; :func:`purelearn.plotting.search_figure`
 draws the best curves as the textbook's Figure 6-24 does.
@@ -54,24 +67,23 @@ draws the best curves as the textbook's Figure 6-24 does.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import itertools
 import math
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from purelearn import _checks
 from purelearn.early_stopping import METRICS, EarlyStopping
 from purelearn.models import Model
-from purelearn.training import check_data, train_run
+from purelearn.training import check_data
+from purelearn.training.trials import Settings, chunk_width, run_trials
 
 __all__ = [
     "Distribution",
@@ -98,6 +110,7 @@ RESULT_FIELDS = (
     "diverged",
     "history",
     "epochs_run",
+    "best_epoch",
 )
 
 
@@ -332,44 +345,11 @@ def _sample(dists: Mapping[str, Distribution], rng: np.random.Generator, n: int)
 # -- the vmapped runner ------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("model", "factory", "static", "settings"))
-def _trials(hparams, keys, data, val_data, *, model, factory, static, settings):
-    """Curves of ``len(keys)`` trials, vmapped over ``hparams`` (name -> array) and ``keys``.
-
-    ``static`` holds the settings passed to the factory as they are (sorted
-    name-value pairs); ``settings`` is ``(epochs, batch_size, early_stopping)``.
-    Cached like every engine program: an identical search compiles nothing.
-    """
-    epochs, batch_size, early_stopping = settings
-    make = functools.partial(factory, **dict(static)) if static else factory
-
-    def trial(h, key):
-        h = dict(h)
-        weight_decay = h.pop("weight_decay", 0.0)
-        _, curves = train_run(
-            model,
-            optax.inject_hyperparams(make)(**h),
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            key=key,
-            eval_data=val_data,
-            weight_decay=weight_decay,
-            early_stopping=early_stopping,
-        )
-        del curves["step_loss"]  # per step: more than a search reports
-        return curves
-
-    return jax.vmap(trial)(hparams, keys)
-
-
-#: Trials per vmapped chunk on CPU when ``max_parallel`` is None (see random_search).
-_CPU_MAX_PARALLEL = 8
-
-
 def _chunk(max_parallel: int | None, num_trials: int) -> int:
+    """Trials per vmapped call: ``max_parallel`` (at most the trials there are), else
+    the runner's default (:func:`purelearn.training.trials.chunk_width`)."""
     if max_parallel is None:
-        max_parallel = _CPU_MAX_PARALLEL if jax.default_backend() == "cpu" else num_trials
+        return chunk_width(num_trials)
     return min(max_parallel, num_trials)
 
 
@@ -385,28 +365,26 @@ class _Search:
     batch_size: int
     early_stopping: EarlyStopping | None
     max_parallel: int | None
+    width: int | None = None  # trials per vmapped call for every run, if set
 
     def run(self, numeric: Mapping[str, Any], static: Mapping[str, Any], keys: jax.Array) -> dict:
         """Curves (name -> ``(trials, epochs)`` NumPy array) of the trials in ``keys``' order,
-        in chunks of one compiled width: the last chunk padded by repeating its last
-        trial, the padding dropped."""
-        n = len(keys)
-        chunk = _chunk(self.max_parallel, n)
-        call = functools.partial(
-            _trials,
-            model=self.model,
-            factory=self.factory,
-            static=tuple(sorted(static.items())),
-            settings=(self.epochs, self.batch_size, self.early_stopping),
+        trained by :func:`~purelearn.training.trials.run_trials` (without the per-step
+        losses: more than a search reports)."""
+        hparams = dict(numeric)
+        weight_decay = hparams.pop("weight_decay", None)
+        return run_trials(
+            self.model,
+            self.factory,
+            self.data,
+            self.val_data,
+            keys=keys,
+            settings=Settings(self.epochs, self.batch_size, early_stopping=self.early_stopping),
+            weight_decay=weight_decay,
+            hparams=hparams,
+            static=static,
+            chunk=self.width or _chunk(self.max_parallel, len(keys)),
         )
-        parts = []
-        for start in range(0, n, chunk):
-            idx = np.arange(start, min(start + chunk, n))
-            padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
-            hp = {k: jnp.asarray(np.asarray(v)[padded], jnp.float32) for k, v in numeric.items()}
-            out = call(hp, keys[padded], self.data, self.val_data)
-            parts.append({k: np.asarray(v)[: len(idx)] for k, v in out.items()})
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _prepare(
@@ -491,30 +469,63 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+class _Outcome(NamedTuple):
+    """What a trial is ranked by: the epoch whose state it returns and that epoch's numbers."""
+
+    epoch: int  # the last trained epoch, or the restored (best) one with restore_best
+    val_acc: float
+    train_acc: float
+    diverged: bool  # a non-finite training loss up to that epoch
+
+
+def _outcome(curves: Mapping[str, np.ndarray], i: int) -> _Outcome:
+    """Trial ``i``'s outcome. With ``restore_best`` the trial returns the best epoch's
+    state (``curves["best_epoch"]``, early stopping's own rule), so that epoch's numbers
+    rank it; else the last trained epoch's (after a stop the curves repeat them)."""
+    loss = curves["loss"][i]
+    trained = curves["trained"][i] if "trained" in curves else np.ones(len(loss), bool)
+    last = int(trained.sum()) - 1  # stopping is sticky: the trained epochs are a prefix
+    best = int(curves["best_epoch"][i]) if "best_epoch" in curves else -1
+    # -1: no epoch improved (a monitored loss never finite): the untrained state,
+    # judged by the whole run
+    epoch = best if best >= 0 else last
+    return _Outcome(
+        epoch=epoch,
+        val_acc=float(curves["eval_accuracy"][i][epoch]),
+        train_acc=float(curves["train_accuracy"][i][epoch]),
+        diverged=not bool(np.isfinite(loss[: epoch + 1]).all()),
+    )
+
+
 def _rows(
     values: Mapping[str, Sequence[Any]], curves: Mapping[str, np.ndarray], stopping: bool
 ) -> SearchResults:
-    """One row per trial, ranked: finite trials by final validation accuracy, then
-    diverged ones; ties keep trial order."""
+    """One row per trial, ranked: finite trials by validation accuracy (the last
+    trained epoch's, or with ``restore_best`` the restored epoch's), then diverged
+    ones; ties keep trial order."""
+    restore = "best_epoch" in curves
     rows = []
     for i in range(len(curves["loss"])):
         history = {name: curves[name][i].tolist() for name in METRICS}
-        trained = curves["trained"][i] if stopping else np.ones(len(curves["loss"][i]), bool)
         if stopping:
-            history["trained"] = trained.tolist()
+            history["trained"] = curves["trained"][i].tolist()
+        outcome = _outcome(curves, i)
         row: dict[str, Any] = {name: _plain(v[i]) for name, v in values.items()}
         row.update(
             trial=i,
-            val_acc=history["eval_accuracy"][-1],
-            train_acc=history["train_accuracy"][-1],
+            val_acc=outcome.val_acc,
+            train_acc=outcome.train_acc,
             val_acc_curve=history["eval_accuracy"],
             train_acc_curve=history["train_accuracy"],
             loss_curve=history["loss"],
-            diverged=not bool(np.isfinite(curves["loss"][i][trained]).all()),
+            diverged=outcome.diverged,
             history=history,
         )
         if stopping:
-            row["epochs_run"] = int(trained.sum())
+            row["epochs_run"] = int(curves["trained"][i].sum())
+        if restore:
+            best = int(curves["best_epoch"][i])
+            row["best_epoch"] = best if best >= 0 else None
         rows.append(row)
     rows.sort(key=lambda r: (r["diverged"], -r["val_acc"]))
     return SearchResults(rows)
@@ -561,13 +572,15 @@ def random_search(
       num_trials, epochs, batch_size: positive integers.
       key: a JAX key (or an int seed); it seeds both the draws and the trials.
       max_parallel: trials per vmapped chunk. The default trains all trials at
-        once on GPU and TPU, and 8 at a time on CPU, where one trial already keeps
-        the cores busy and wider vmaps fall out of cache (benchmarks/bench_search.py
-        measured 8 as fast as a loop of single runs, all 100 at once 0.7x of it).
+        once on GPU and TPU, and
+        :data:`~purelearn.training.trials.CPU_CHUNK` at a time on CPU, where one
+        trial already keeps the cores busy and wider vmaps fall out of cache.
       early_stopping: stop each trial on its own when its monitored metric
         (validation accuracy by default) stops improving; a stopped trial's
-        curves stay frozen, its ``"val_acc"`` is the accuracy it stopped at
-        (not its best), and its row gains ``"epochs_run"``.
+        curves stay frozen and its row gains ``"epochs_run"``. Its
+        ``"val_acc"`` is the accuracy it stopped at, or with
+        ``restore_best=True`` the restored epoch's (the state the trial
+        returns), and then its row gains ``"best_epoch"``.
 
     Returns:
       :class:`SearchResults`, best ``"val_acc"`` first.
@@ -740,9 +753,9 @@ def bayes_search(
             chosen = optuna.samplers.GPSampler(seed=seed)
         else:
             chosen = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    # Every batch is as wide as the first, so all batches share one compiled program.
+    # Every batch (the last one padded) is as wide as the first: one compiled program.
     search = dataclasses.replace(
-        search, max_parallel=_chunk(max_parallel, min(trials_per_batch, num_trials))
+        search, width=_chunk(max_parallel, min(trials_per_batch, num_trials))
     )
     static = {name: v for name, v in fixed.items() if _is_static(v)}
     keys = jax.random.split(key, num_trials)
@@ -783,8 +796,8 @@ def _ask_train_tell(
         numeric = _numeric({**batch, **_per_trial(fixed, count)})
         out = search.run(numeric, static, keys[start : start + count])
         for i, trial in enumerate(trials):
-            finite = bool(np.isfinite(out["loss"][i]).all())
-            study.tell(trial, float(out["eval_accuracy"][i, -1]) if finite else 0.0)
+            outcome = _outcome(out, i)
+            study.tell(trial, 0.0 if outcome.diverged else outcome.val_acc)
         for name in dists:
             drawn[name].extend(batch[name])
         parts.append(out)

@@ -55,3 +55,21 @@ def toy_data(n: int = 96, d: int = 5, classes: int = 3, seed: int = 0):
     x = rng.normal(size=(n, d)).astype(np.float32)
     y = np.argmax(x[:, :classes], axis=1).astype(np.int32)
     return jnp.asarray(x), jnp.asarray(y)
+
+
+class CompileCounter:
+    """Counts jaxpr traces and backend compiles through jax.monitoring's public events."""
+
+    def __init__(self):
+        self.events = []
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, name, _duration, **_kwargs):
+        if name in ("/jax/core/compile/jaxpr_trace_duration",
+                    "/jax/core/compile/backend_compile_duration"):  # fmt: skip
+            self.events.append(name)
+
+    def count(self, fn):
+        self.events.clear()
+        fn()
+        return len(self.events)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import toy_data, trees_equal
+from conftest import CompileCounter, toy_data, trees_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
@@ -752,24 +752,6 @@ def test_a_nan_batch_skipped_by_apply_if_finite_leaves_batch_norm_statistics_alo
 
 
 # -- compile once ---------------------------------------------------------------------
-
-
-class CompileCounter:
-    """Counts jaxpr traces and backend compiles through jax.monitoring's public events."""
-
-    def __init__(self):
-        self.events = []
-        jax.monitoring.register_event_duration_secs_listener(self._record)
-
-    def _record(self, name, _duration, **_kwargs):
-        if name in ("/jax/core/compile/jaxpr_trace_duration",
-                    "/jax/core/compile/backend_compile_duration"):  # fmt: skip
-            self.events.append(name)
-
-    def count(self, fn):
-        self.events.clear()
-        fn()
-        return len(self.events)
 
 
 @pytest.fixture(scope="module")

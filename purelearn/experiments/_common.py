@@ -2,7 +2,8 @@
 
 An experiment is one :class:`Experiment` record in one module. Its ``run``
 trains every setting for several seeds (``seed, seed + 1, ...``) as vmapped,
-jitted programs and returns plain JSON-ready numbers: the textbook's keys hold
+jitted programs (:func:`~purelearn.training.trials.run_trials`, the runner
+the searches use too) and returns plain JSON-ready numbers: the textbook's keys hold
 the *first* seed's run (so ``seeds=1`` is the single run), and ``"per_seed"``
 holds the same numbers with a leading seed axis. Its ``verdict`` judges every
 seed on its own (:class:`SeedCheck`) and agrees with the textbook when a clear
@@ -12,7 +13,6 @@ majority of the seeds do (:func:`clear_majority`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from purelearn import _checks
 from purelearn.datasets import load_mnist
 from purelearn.early_stopping import METRICS
 from purelearn.models import Model
-from purelearn.training import train_run
+from purelearn.training.trials import Settings, run_trials
+
+# The experiments import the runner's chunking from here.
+from purelearn.training.trials import chunk_width as chunk_width
+from purelearn.training.trials import in_chunks as in_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -34,14 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The largest seed: ``jax.random.key`` (without x64) keeps only a seed's low
 #: 32 bits, so ``2**32`` would silently repeat seed 0.
 MAX_SEED = 2**32 - 1
-
-#: Runs per vmapped call on CPU. On two cores a vmap of two MLP runs costs about
-#: 1.5 single runs, a vmap of four about 4 (the batched matmuls fall out of cache),
-#: so the runs go two at a time, padded to that width: one compiled program serves
-#: every number of seeds, and a run's numbers do not depend on how many seeds ran
-#: beside it (``seeds=1`` is bit for bit the first seed of ``seeds=N``).
-#: Accelerators take all runs in one call.
-CPU_CHUNK = 2
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -129,31 +124,6 @@ def keys_of(seeds: Sequence[int]) -> jax.Array:
     return jnp.stack([jax.random.key(s) for s in seeds])
 
 
-def chunk_width(n: int, chunk: int | None = None) -> int:
-    """Runs per vmapped call: ``chunk``, else :data:`CPU_CHUNK` on CPU (even for fewer
-    runs: the same program for any count), else all ``n``."""
-    if chunk is None:
-        return CPU_CHUNK if jax.default_backend() == "cpu" else max(1, n)
-    return max(1, chunk)
-
-
-def in_chunks(call: Callable[..., Any], n: int, batched: Any, chunk: int) -> Any:
-    """``call(batched)`` on ``n`` runs, ``chunk`` at a time, as NumPy with a leading ``n`` axis.
-
-    ``batched`` is a pytree whose leaves have a leading axis of ``n``; the last
-    chunk is padded by repeating its last run (one compiled width), the
-    padding dropped.
-    """
-    parts = []
-    for start in range(0, n, chunk):
-        idx = np.arange(start, min(start + chunk, n))
-        padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
-        out = call(jax.tree.map(lambda a, p=padded: a[p], batched))
-        keep = len(idx)
-        parts.append(jax.tree.map(lambda a, k=keep: np.asarray(a)[:k], out))
-    return jax.tree.map(lambda *p: np.concatenate(p), *parts)
-
-
 # -- data --------------------------------------------------------------------------
 
 
@@ -184,41 +154,6 @@ def subsets(x, y, n: int, seeds: Sequence[int]):
 # -- training over seeds ------------------------------------------------------------
 
 
-class Settings(NamedTuple):
-    """A run's static settings (part of the compiled program)."""
-
-    epochs: int
-    batch_size: int
-    steps_per_epoch: int | None = None
-    sampling: str = "epoch"
-
-
-@functools.partial(
-    jax.jit, static_argnames=("model", "optimizer", "settings", "shared_data", "decay")
-)
-def _curves(runs, data, eval_data, *, model, optimizer, settings, shared_data, decay):
-    """Curves of the runs in ``runs`` (key, weight decay, hyperparameters), vmapped."""
-
-    def one(run, data):
-        key, weight_decay, hparams = run
-        opt = optax.inject_hyperparams(optimizer)(**hparams) if hparams else optimizer
-        _, curves = train_run(
-            model,
-            opt,
-            data,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            key=key,
-            eval_data=eval_data,
-            weight_decay=weight_decay if decay else 0.0,
-            steps_per_epoch=settings.steps_per_epoch,
-            sampling=settings.sampling,
-        )
-        return curves
-
-    return jax.vmap(one, in_axes=(0, None if shared_data else 0))(runs, data)
-
-
 def train_over(
     model: Model,
     optimizer: Any,
@@ -232,7 +167,9 @@ def train_over(
     shared_data: bool = True,
     chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """:func:`~purelearn.training.train_run` for ``len(keys)`` runs, vmapped in chunks.
+    """:func:`~purelearn.training.trials.run_trials` for the experiments: the same
+    arguments, and the curves keep ``"step_loss"`` (the iteration-based experiments
+    plot it).
 
     Run ``i`` uses ``keys[i]``, ``weight_decay[i]`` (when given), the
     hyperparameters ``hparams[name][i]`` (then ``optimizer`` is a factory,
@@ -240,28 +177,19 @@ def train_over(
     training set ``data[0][i], data[1][i]``. Returns ``train_run``'s curves as
     NumPy arrays with a leading run axis.
     """
-    n = len(keys)
-    decay = weight_decay is not None
-    runs = (
-        keys,
-        jnp.asarray(weight_decay if decay else np.zeros(n), jnp.float32),
-        {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()},
-    )
-    batched = (runs, None if shared_data else data)
-    call = functools.partial(
-        _curves,
-        model=model,
-        optimizer=optimizer,
+    return run_trials(
+        model,
+        optimizer,
+        data,
+        eval_data,
+        keys=keys,
         settings=settings,
+        weight_decay=weight_decay,
+        hparams=hparams,
         shared_data=shared_data,
-        decay=decay,
+        chunk=chunk,
+        step_loss=True,
     )
-
-    def chunk_call(b):
-        r, d = b
-        return call(r, data if shared_data else d, eval_data)
-
-    return in_chunks(chunk_call, n, batched, chunk_width(n, chunk))
 
 
 def round_list(a: Any, digits: int = 4) -> list:
