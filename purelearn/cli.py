@@ -11,9 +11,9 @@ runs all of them and writes ``DIR/report.html``. ``--seeds N`` trains seeds
 either shortened to end at ``2**32 - 1``); ``--seeds 1`` is the single run of
 seed ``--seed``.
 
-Every mistake on the command line (an unknown experiment, a seed outside
-``[0, 2**32 - 1]``, a ``--seeds`` below 1 or running past ``2**32 - 1``, an
-``--out`` that is a file or cannot be written, a
+Every mistake on the command line (an unknown experiment, with the closest
+names suggested, a seed outside ``[0, 2**32 - 1]``, a ``--seeds`` below 1 or
+running past ``2**32 - 1``, an ``--out`` that is a file or cannot be written, a
 ``--data`` directory without valid MNIST IDX files) is reported on one line
 of standard error, ``purelearn: error: ...``, with exit status 2, before any
 experiment runs. Compiled programs are kept in JAX's persistent compilation
@@ -24,6 +24,7 @@ second run skips most compiling; ``--no-compile-cache`` turns it off.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import tempfile
@@ -97,6 +98,25 @@ def _seeds(text: str) -> int:
     return seeds
 
 
+def _experiment(text: str) -> str:
+    """An experiment's name, or an error that suggests the closest names."""
+    names = [*EXPERIMENTS, "tour"]
+    if text in names:
+        return text
+    near = difflib.get_close_matches(text.strip().lower().replace("_", "-"), names, n=3)
+    hint = (
+        f"did you mean {' or '.join(map(repr, near))}?"
+        if near
+        else f"choose from {', '.join(names)}"
+    )
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({hint})")
+
+
+def _default_help(default: object, quick: object) -> str:
+    """``default: X`` for an option, with ``--quick``'s default only where it differs."""
+    return f"default: {default}" + ("" if quick == default else f", with --quick {quick}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="purelearn",
@@ -105,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "experiment",
         choices=[*EXPERIMENTS, "tour"],
+        type=_experiment,  # checked before choices: a near miss gets a suggestion
         help="one experiment, or 'tour' for all of them and an HTML report",
     )
     parser.add_argument(
@@ -125,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_seeds,
         default=None,
         help=f"seeds per setting, --seed .. --seed + N - 1, trained as vmapped programs "
-        f"(default: {DEFAULT_SEEDS}, with --quick {QUICK_SEEDS}; 1 is the single run of --seed)",
+        f"({_default_help(DEFAULT_SEEDS, QUICK_SEEDS)}; 1 is the single run of --seed)",
     )
     parser.add_argument(
         "--data",

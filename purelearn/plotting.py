@@ -208,6 +208,50 @@ def _hyperparameters(result: Mapping) -> list[tuple[str, float]]:
     ]
 
 
+def _distinct_decimals(values: Sequence[float], least: int = 3, most: int = 20) -> int:
+    """The fewest decimals, at least ``least``, at which different ``values`` print
+    differently (so two panels never read the same for different accuracies).
+
+    >>> _distinct_decimals([0.934, 0.927]), _distinct_decimals([0.9341, 0.9344])
+    (3, 4)
+    """
+    distinct = {float(v) for v in values if math.isfinite(float(v))}
+    for decimals in range(least, most + 1):
+        if len({f"{v:.{decimals}f}" for v in distinct}) == len(distinct):
+            return decimals
+    return most
+
+
+_LABEL_FONTSIZE = 7
+_LABEL_GAP = 2.0  # points between the axes and its label, and the label and the title
+_PARAMS_PER_LINE = 2
+_LINESPACING = 1.15
+
+
+def _title_and_label(ax: Axes, title: str, lines: Sequence[str]) -> None:
+    """``title`` over ``ax``, and ``lines`` as one text artist between the two: outside
+    the axes, so the label never covers a curve, whatever the curves do."""
+    from matplotlib.transforms import ScaledTranslation
+
+    if lines:
+        up = ScaledTranslation(0, _LABEL_GAP / 72, ax.get_figure().dpi_scale_trans)
+        ax.text(
+            0.5,
+            1.0,
+            "\n".join(lines),
+            transform=ax.transAxes + up,
+            ha="center",
+            va="bottom",
+            fontsize=_LABEL_FONTSIZE,
+            linespacing=_LINESPACING,
+            clip_on=False,
+        )
+    # The label's height in points: a line is about 1.2 font sizes from the top of
+    # its ascent to the bottom of its descent, and lines are _LINESPACING apart.
+    height = _LABEL_FONTSIZE * (1.2 + _LINESPACING * (len(lines) - 1)) if lines else 0.0
+    ax.set_title(title, fontsize=8, pad=2 * _LABEL_GAP + height)
+
+
 def search_figure(
     results: Sequence[Mapping],
     k: int = 20,
@@ -216,7 +260,10 @@ def search_figure(
     """The textbook's Figure 6-24 for any search: one panel per trial, best first.
 
     Each panel draws the trial's per-epoch validation (solid) and training
-    (dashed) accuracy and lists its hyperparameters.
+    (dashed) accuracy. Its title gives the rank and the validation accuracy, with
+    as many decimals (at least 3) as it takes for different accuracies to read
+    differently; the hyperparameters are listed just above the panel, outside
+    the curves.
 
     Args:
       results: the list :func:`~purelearn.tuning.random_search` (or
@@ -233,8 +280,9 @@ def search_figure(
     spread = list(spread or [])
     n = max(1, len(trials))
     rows, cols = grid(n, 5)
-    fig = new_figure(2.15 * cols + 0.4, 1.9 * rows + 0.9)
+    fig = new_figure(2.15 * cols + 0.4, 2.1 * rows + 0.9)
     axes = panels(fig, n, 5, sharex=True, sharey=True)
+    decimals = _distinct_decimals([float(t["val_acc"]) for t in trials])
     for i, (ax, t) in enumerate(zip(axes, trials, strict=False)):
         if i < len(spread):
             val, train = spread[i]["val_acc_curve"], spread[i]["train_acc_curve"]
@@ -244,19 +292,17 @@ def search_figure(
             val, train, note = t["val_acc_curve"], t["train_acc_curve"], ""
         band(ax, val, color="tab:blue", linestyle="-", label="validation")
         band(ax, train, color="tab:orange", linestyle="--", label="train")
-        ax.set_title(f"Best-{i + 1} (val {float(t['val_acc']):.2f}{note})", fontsize=8)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-        ax.text(
-            0.03,
-            0.96,
-            "\n".join(f"{name} {value:.1e}" for name, value in _hyperparameters(t)),
-            transform=ax.transAxes,
-            ha="left",
-            va="top",
-            fontsize=7,
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+        params = [f"{name} {value:.1e}" for name, value in _hyperparameters(t)]
+        _title_and_label(
+            ax,
+            f"Best-{i + 1} (val {float(t['val_acc']):.{decimals}f}{note})",
+            [
+                "  ".join(params[j : j + _PARAMS_PER_LINE])
+                for j in range(0, len(params), _PARAMS_PER_LINE)
+            ],
         )
     label_outer(axes, "epochs", "accuracy", fontsize=8)
     if trials:

@@ -3,6 +3,7 @@ exit status 2, before any experiment runs; the compilation cache; one happy path
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -150,6 +151,87 @@ def test_seeds_beyond_32_bits_would_repeat_smaller_ones():
 def test_bad_experiment_names_and_options(capsys, no_experiments, argv, words):
     assert words in user_error(capsys, argv)
     assert not no_experiments
+
+
+@pytest.mark.parametrize(
+    "name, suggested",
+    [
+        ("optimiser", ["optimizers"]),
+        ("weight_decay", ["weight-decay"]),  # "_" read as "-"
+        ("Weight_Decay", ["weight-decay"]),
+        ("batchnorms", ["batchnorm"]),
+        ("serch", ["search"]),
+        ("tours", ["tour"]),
+    ],
+)
+def test_a_near_miss_experiment_name_suggests_the_closest(
+    tmp_path, capsys, no_experiments, name, suggested
+):
+    line = user_error(capsys, [name, "--out", str(tmp_path / "out")])
+    assert f"invalid choice: {name!r}" in line
+    assert "did you mean " + " or ".join(map(repr, suggested)) + "?" in line
+    assert not no_experiments and not (tmp_path / "out").exists()  # before anything ran
+
+
+def test_a_far_miss_experiment_name_lists_every_name(capsys, no_experiments):
+    line = user_error(capsys, ["xyzzy"])
+    assert "did you mean" not in line
+    assert all(name in line for name in [*cli.EXPERIMENTS, "tour"])
+    assert not no_experiments
+
+
+def test_every_experiment_name_is_still_accepted(tmp_path, no_experiments):
+    for name in cli.EXPERIMENTS:
+        with pytest.raises(Ran, match=name):
+            cli.main([name, "--out", str(tmp_path), "--no-compile-cache"])
+    assert [n for n, _ in no_experiments] == list(cli.EXPERIMENTS)
+
+
+# -- --help -----------------------------------------------------------------------------------
+
+
+def _help_texts():
+    """Every option's help as printed, and as one string per option (wrapping undone)."""
+    parser = cli._parser()
+    printed = " ".join(parser.format_help().split())
+    return printed, [" ".join(a.help.split()) for a in parser._actions if a.help]
+
+
+_DOUBLED_DEFAULT = re.compile(r"default: ([^,;)]+), with --quick \1(?=[;)])")
+
+
+def test_help_states_a_default_once_when_quick_does_not_change_it():
+    assert cli.DEFAULT_SEEDS == cli.QUICK_SEEDS  # the case the user met
+    printed, helps = _help_texts()
+    assert helps, "no option help found"
+    for text in [printed, *helps]:
+        assert not _DOUBLED_DEFAULT.search(text), text
+        assert "with --quick" not in text, text
+    assert f"(default: {cli.DEFAULT_SEEDS}; 1 is the single run of --seed)" in printed
+
+
+def test_help_names_the_quick_default_where_it_differs(monkeypatch):
+    monkeypatch.setattr(cli, "QUICK_SEEDS", cli.DEFAULT_SEEDS + 3)
+    printed, helps = _help_texts()
+    want = f"(default: {cli.DEFAULT_SEEDS}, with --quick {cli.DEFAULT_SEEDS + 3}; 1 is"
+    assert want in printed and any(want in h for h in helps)
+    assert not any(_DOUBLED_DEFAULT.search(t) for t in [printed, *helps])
+
+
+@pytest.mark.parametrize(
+    "default, quick, text",
+    [(2, 2, "default: 2"), (2, 1, "default: 2, with --quick 1"), ("a", "a", "default: a")],
+)
+def test_default_help(default, quick, text):
+    assert cli._default_help(default, quick) == text
+
+
+def test_help_through_main_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--seeds" in out and not _DOUBLED_DEFAULT.search(out)
 
 
 # -- the compilation cache --------------------------------------------------------------

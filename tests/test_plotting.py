@@ -127,6 +127,116 @@ def test_search_figure_draws_bands_for_rerun_trials():
         plotting.search_figure(trials, k=0)
 
 
+def _search_trials(vals, params, epochs=12):
+    """Trials whose curves cover the panel: validation flat at the top, flat at the
+    bottom or rising steeply; training falling from the upper left (where the label
+    used to sit) to the lower right."""
+    shapes = [
+        np.full(epochs, 0.99),
+        np.full(epochs, 0.01),
+        np.minimum(1.0, np.linspace(0.0, 2.0, epochs)),
+    ]
+    falling = np.linspace(0.97, 0.03, epochs).tolist()
+    return [
+        {
+            **{name: 10.0 ** -(i + j + 1) for j, name in enumerate(params)},
+            "val_acc": v,
+            "val_acc_curve": shapes[i % 3].tolist(),
+            "train_acc_curve": falling,
+        }
+        for i, v in enumerate(vals)
+    ]
+
+
+def _drawn(fig):
+    """Draw ``fig`` with the Agg renderer; return the renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def _line_points(ax, per_segment=25):
+    """Display coordinates of every line in ``ax``: its data points and points along
+    each segment between them."""
+    pts = []
+    for line in ax.lines:
+        xy = ax.transData.transform(np.asarray(line.get_xydata(), dtype=float))
+        t = np.linspace(0.0, 1.0, per_segment)[:, None, None]
+        pts.append(xy)
+        if len(xy) > 1:
+            pts.append((xy[:-1] + t * (xy[1:] - xy[:-1])).reshape(-1, 2))
+    return np.concatenate(pts)
+
+
+@needs_mpl
+@pytest.mark.parametrize(
+    "n, params",
+    [
+        (20, ["learning_rate", "weight_decay"]),  # the search experiment's figure
+        (1, ["learning_rate"]),
+        (7, ["learning_rate", "weight_decay", "b1"]),  # two label lines
+        (12, ["learning_rate", "weight_decay", "b1", "b2", "eps"]),  # three
+    ],
+)
+def test_search_figure_labels_never_cover_a_curve(n, params):
+    trials = _search_trials(np.linspace(0.95, 0.1, n).tolist(), params)
+    first = trials[0]
+    spread = [{k: [first[k]] * 2 for k in ("val_acc_curve", "train_acc_curve")}]
+    fig = plotting.search_figure(trials, k=20, spread=spread)
+    renderer = _drawn(fig)
+    assert len(fig.axes) == n
+    for ax, t in zip(fig.axes, trials, strict=True):
+        assert len(ax.texts) == 1
+        label = ax.texts[0]
+        for name, value in plotting._hyperparameters(t):
+            assert f"{name} {value:.1e}" in label.get_text()
+        box = label.get_window_extent(renderer)
+        xy = _line_points(ax)
+        inside = (xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1)
+        inside &= (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)
+        assert not inside.any(), f"label {label.get_text()!r} covers {inside.sum()} points"
+    for ax in fig.axes:
+        # Outside every panel, between its panel and its title, inside the figure.
+        box = ax.texts[0].get_window_extent(renderer)
+        title = ax.title.get_window_extent(renderer)
+        assert not any(box.overlaps(other.bbox) for other in fig.axes)
+        assert box.y0 >= ax.bbox.y1 and title.y0 >= box.y1
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    boxes += [ax.texts[0].get_window_extent(renderer) for ax in fig.axes]
+    for i, a in enumerate(boxes):  # no two titles or labels overlap
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+
+
+def _title_value(ax):
+    match = re.search(r"val (\d+\.(\d+))", ax.get_title())
+    assert match, ax.get_title()
+    return float(match.group(1)), len(match.group(2))
+
+
+@needs_mpl
+@pytest.mark.parametrize(
+    "vals, decimals",
+    [
+        ([0.934, 0.927, 0.5], 3),  # read "val 0.93" twice before
+        ([0.9341, 0.9344, 0.9], 4),
+        ([0.93412, 0.93409], 5),
+        ([0.8, 0.8, 0.1], 3),  # equal values may read the same
+    ],
+)
+def test_search_figure_titles_tell_different_accuracies_apart(vals, decimals):
+    fig = plotting.search_figure(_search_trials(vals, ["learning_rate"]))
+    shown = [_title_value(ax) for ax in fig.axes]
+    assert {d for _, d in shown} == {decimals}
+    for (value, d), v in zip(shown, vals, strict=True):
+        assert abs(value - v) <= 0.5 * 10.0**-d + 1e-12
+    for i in range(len(vals)):
+        for j in range(i + 1, len(vals)):
+            if vals[i] != vals[j]:
+                assert fig.axes[i].get_title() != fig.axes[j].get_title()
+
+
 # -- records on synthetic results ---------------------------------------------------------
 
 
