@@ -204,13 +204,17 @@ def worker_builders() -> dict[str, Callable[[dict], Callable[[], Any]]]:
     def net(spec: dict) -> tuple[Any, Any]:
         return pl.mlp(mlp_sizes(spec["leaves"])), pl.adam(LR)
 
+    def layout_kw(spec: dict) -> dict:
+        # only the "auto" variant names a layout (the current tree's opt-in packing)
+        return {"layout": spec["layout"]} if spec.get("layout") else {}
+
     def pl_fit(spec: dict) -> Callable[[], Any]:
         model, opt = net(spec)
 
         def run():
             state, _ = pl.fit(
                 model, opt, (x, y), epochs=EPOCHS, batch_size=BATCH, key=key,
-                eval_data=(xv, yv), progress=False,
+                eval_data=(xv, yv), progress=False, **layout_kw(spec),
             )  # fmt: skip
             return jax.block_until_ready(state)
 
@@ -221,8 +225,9 @@ def worker_builders() -> dict[str, Callable[[dict], Callable[[], Any]]]:
 
         def run():
             out = pl.train_run(
-                model, opt, (x, y), epochs=EPOCHS, batch_size=BATCH, key=key, eval_data=(xv, yv)
-            )
+                model, opt, (x, y), epochs=EPOCHS, batch_size=BATCH, key=key, eval_data=(xv, yv),
+                **layout_kw(spec),
+            )  # fmt: skip
             return jax.block_until_ready(out)
 
         return run
@@ -510,13 +515,20 @@ class Part:
 def run_part(part: Part, workers: dict[str, Worker], args: argparse.Namespace, bl: Any) -> None:
     """Set up every variant (all workers at once), calibrate, time interleaved rounds."""
     print(f"\n== {part.number}. {part.title} ==", flush=True)
-    where = {"current": "current", "baseline": "baseline", "flax": "twin", "A/A": "twin"}
+    where = {
+        "current": "current",
+        "baseline": "baseline",
+        "flax": "twin",
+        "A/A": "twin",
+        "auto": "twin",
+    }
     pending: dict[str, list[Remote]] = {w: [] for w in workers}
     for leaves in part.leaves:
         group = {}
         for label, kind in part.kinds.items():
-            spec = {"cmd": "setup", "kind": kind, "name": f"p{part.number}/{leaves}",
-                    "leaves": leaves, "trials": args.search_trials}  # fmt: skip
+            spec = {"cmd": "setup", "kind": kind, "name": f"p{part.number}/{leaves}/{label}",
+                    "leaves": leaves, "trials": args.search_trials,
+                    "layout": "auto" if label == "auto" else None}  # fmt: skip
             group[label] = Remote(workers[where[label]], label, spec)
             pending[where[label]].append(group[label])
         part.groups[leaves] = group
@@ -568,6 +580,7 @@ def print_part(part: Part, bl: Any, bo: Any) -> dict[int, dict[str, float | None
     print(
         f"\n{'leaves':>6} {'calls':>5} {'current ms':>10} {'baseline ms':>11} {'flax ms':>8}"
         f" {'current/baseline (IQR)':>23} {'current/flax (IQR)':>22} {'A/A (IQR)':>20}"
+        f" {'auto/baseline (IQR)':>23}"
     )
     out = {}
     for leaves, g in part.groups.items():
@@ -576,17 +589,20 @@ def print_part(part: Part, bl: Any, bo: Any) -> dict[int, dict[str, float | None
         vs_base, cells["baseline"] = ratio(cur, base, bl, bo)
         vs_flax, cells["flax"] = ratio(cur, flax, bl, bo) if has_flax else ("-", None)
         aa, cells["A/A"] = ratio(twin, cur, bl, bo)
+        auto = g.get("auto")
+        auto_cell, cells["auto"] = ratio(auto, base, bl, bo) if auto else ("-", None)
         ms = [fmt_ms(r.median) if r and not r.error else ("fail" if r else "-")
               for r in (cur, base, flax)]  # fmt: skip
         print(
             f"{leaves:>6} {cur.n if cur else 0:>5} {ms[0]:>10} {ms[1]:>11} {ms[2]:>8}"
-            f" {vs_base:>23} {vs_flax:>22} {aa:>20}"
+            f" {vs_base:>23} {vs_flax:>22} {aa:>20} {auto_cell:>23}"
         )
         out[leaves] = cells
     print(
         "(ms: median time per call; ratios: time over time, medians of per-round ratios; 'A/A':"
         "\n the current tree in a second process over the first, the noise floor; 'calls':"
-        " calls per sample)"
+        " calls per sample;\n 'auto/baseline': the current tree with layout='auto', its opt-in"
+        " packing, over the baseline)"
     )
     return out
 
@@ -796,10 +812,11 @@ def main() -> None:
             table = [
                 Part(1, f"pl.fit, warm, epochs={EPOCHS} with eval_data (flax: jitted init +"
                      " epoch program)", {"current": "pl_fit", "baseline": "pl_fit",
-                     "flax": "flax_fit", "A/A": "pl_fit"}, args.fit_leaves),
+                     "flax": "flax_fit", "A/A": "pl_fit", "auto": "pl_fit"}, args.fit_leaves),
                 Part(2, f"pl.train_run, warm, epochs={EPOCHS} with eval_data (flax: one jitted"
                      " scan of epochs)", {"current": "pl_train_run", "baseline": "pl_train_run",
-                     "flax": "flax_train_run", "A/A": "pl_train_run"}, args.run_leaves),
+                     "flax": "flax_train_run", "A/A": "pl_train_run", "auto": "pl_train_run"},
+                     args.run_leaves),
                 Part(3, f"pl.random_search, warm, {args.search_trials} trials x {SEARCH_EPOCHS}"
                      " epochs, default max_parallel", {"current": "pl_search",
                      "baseline": "pl_search", "A/A": "pl_search"}, args.search_leaves),

@@ -38,7 +38,13 @@ from flax import serialization
 
 from purelearn import _checks, _files, distributed
 
-__all__ = ["save_checkpoint", "load_checkpoint", "Checkpoints", "DIRECTORY_MARKER"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "Checkpoints",
+    "CorruptCheckpoint",
+    "DIRECTORY_MARKER",
+]
 
 _MAGIC = b"purelearn-checkpoint-v1\n"
 _SCALARS = (bool, int, float, complex)
@@ -81,6 +87,10 @@ def _empty(x: Any) -> bool:
     """``None`` or an empty dict, list or tuple (``optax.EmptyState()``): held as a leaf
     so that the file keeps it (as ``None`` or ``{}``), as flax's ``to_state_dict`` does."""
     return x is None or (isinstance(x, dict | list | tuple) and len(x) == 0)
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose bytes are damaged (digest, checksum or metadata unreadable)."""
 
 
 def _entries(tree: Any) -> tuple[list[Name], list[Any], Any]:
@@ -360,7 +370,7 @@ def _load(path: str, like_state: Any) -> Any:
                 f"or a number, got {type(like).__name__}"
             )
     if _is_directory_checkpoint(path):
-        return _load_directory(path, names, likes, treedef)
+        return _load_directory(path, names, likes, treedef)[0]
     if os.path.isdir(path):
         raise ValueError(f"path {path!r} is a directory, not a checkpoint file")
     with open(path, "rb") as f:
@@ -444,10 +454,27 @@ def _manager(directory: str, *, keep: int | None = 1):
         enable_async_checkpointing=False,
         cleanup_tmp_directories=True,
         create=True,
+        # A deleted step is first renamed out of the way (atomic), so a process killed
+        # while deleting never leaves a half-deleted step that looks finished.
+        todelete_subdir=_DELETED,
     )
+    _remove_deleted(directory)
     return ocp.CheckpointManager(
         os.path.abspath(directory), options=options, item_names=("state", "meta")
     )
+
+
+#: where pruned steps wait to be removed (not a step name: orbax never lists it)
+_DELETED = "purelearn-deleted"
+
+
+def _remove_deleted(directory: str) -> None:
+    """Remove pruned steps (also what a killed prune left behind); process 0 only."""
+    import shutil
+
+    trash = os.path.join(os.path.abspath(directory), _DELETED)
+    if jax.process_index() == 0 and os.path.isdir(trash):
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _next_step(manager: Any) -> int:
@@ -462,7 +489,13 @@ def _next_step(manager: Any) -> int:
 
 
 def _save_directory(
-    path: str, state: Any, *, manager: Any = None, step: int | None = None, metrics: Any = None
+    path: str,
+    state: Any,
+    *,
+    manager: Any = None,
+    step: int | None = None,
+    metrics: Any = None,
+    run: Any = None,
 ) -> int:
     """Save ``state`` as a new step of the directory checkpoint ``path``; its step."""
     import orbax.checkpoint as ocp
@@ -502,6 +535,7 @@ def _save_directory(
         "dtypes": [np.dtype(a.dtype).name for a in arrays],
         "checksums": _checksums(arrays),
         "metrics": metrics,
+        "run": run,
     }
     own = manager is None
     if own:
@@ -530,6 +564,7 @@ def _save_directory(
     finally:
         if own:
             manager.close()
+    _remove_deleted(path)  # the step the keep policy pruned
     return step
 
 
@@ -555,9 +590,17 @@ def _like_target(like: Any) -> tuple[Any, Any]:
 
 
 def _load_directory(
-    path: str, names: list[Name], likes: list[Any], treedef: Any, *, step: int | None = None
-) -> Any:
-    """Restore the newest (or ``step``'s) state of the directory checkpoint ``path``."""
+    path: str,
+    names: list[Name],
+    likes: list[Any],
+    treedef: Any,
+    *,
+    step: int | None = None,
+    prefix: Name | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Restore the newest (or ``step``'s) state of the directory checkpoint ``path``, and
+    its metadata. ``prefix``: restore only the entries under it (default: a run record's
+    ``("state",)``, else everything)."""
     import orbax.checkpoint as ocp
 
     if not os.path.isdir(path):
@@ -566,9 +609,11 @@ def _load_directory(
     try:
         if step is None:
             step = manager.latest_step()
-        if step is None or step not in manager.all_steps():
+        steps = sorted(manager.all_steps())
+        if step is None or step not in steps:
             raise FileNotFoundError(
-                f"{path} holds no finished checkpoint" + ("" if step is None else f" {step}")
+                f"{path} holds no finished checkpoint"
+                + ("" if step is None else f" of step {step}; its steps are {steps}")
             )
         where = f"{path} (step {step})"
         try:
@@ -576,12 +621,18 @@ def _load_directory(
                 "meta"
             ]
         except Exception as err:
-            raise ValueError(f"{where} is corrupt: its metadata cannot be read ({err})") from err
+            raise CorruptCheckpoint(
+                f"{where} is corrupt: its metadata cannot be read ({err})"
+            ) from err
         if not isinstance(meta, dict) or meta.get("format") != _DIRECTORY_FORMAT:
             raise ValueError(f"{where} is not a purelearn checkpoint (no {_DIRECTORY_FORMAT})")
-        saved_names = [tuple(n) for n in meta["names"]]
+        if prefix is None:
+            prefix = ("state",) if meta.get("run") is not None else ()
+        cut = len(prefix)
         saved = {
-            n: e for n, e in zip(saved_names, meta["entries"], strict=True) if e["kind"] != "empty"
+            tuple(n)[cut:]: e
+            for n, e in zip(meta["names"], meta["entries"], strict=True)
+            if e["kind"] != "empty" and tuple(n)[:cut] == prefix
         }
         _check_same_names(where, saved, names, likes)
         plan, targets, restore_args = [], [], []
@@ -621,14 +672,14 @@ def _load_directory(
                 ),
             )["state"]
         except Exception as err:
-            raise ValueError(f"{where} is corrupt or unreadable: {err}") from err
+            raise CorruptCheckpoint(f"{where} is corrupt or unreadable: {err}") from err
     finally:
         manager.close()
     values = {name: restored[i] for name, i in plan}
     sums = _checksums([values[name] for name, _ in plan])
     for (name, i), got in zip(plan, sums, strict=True):
         if got != meta["checksums"][i]:
-            raise ValueError(
+            raise CorruptCheckpoint(
                 f"{where} is corrupt: the checksum of entry {_show(name)} does not match"
             )
     leaves = []
@@ -654,7 +705,7 @@ def _load_directory(
             leaves.append(value)
         else:
             leaves.append(_restore(where, name, np.asarray(values[name]), like))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta
 
 
 def _placeholders(meta: dict[str, Any], plan: list[tuple[Name, int]], values: list[Any]) -> list:
@@ -753,8 +804,11 @@ class Checkpoints:
     def _metric(self, manager: Any, step: int) -> float | None:
         import orbax.checkpoint as ocp
 
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        value = (meta.get("metrics") or {}).get(self.best)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception:  # an unreadable step has no metric: it is never the best
+            return None
+        value = (restored["meta"].get("metrics") or {}).get(self.best)
         return None if value is None else (value if self.mode == "max" else -value)
 
     def _best(self, manager: Any) -> int | None:
@@ -768,15 +822,25 @@ class Checkpoints:
     def __call__(self, epoch: int, state: Any, history: dict[str, list[float]]) -> bool:
         """Save ``state`` as step ``state.step`` (else ``epoch``), with the history's last
         values as metrics."""
-        metrics = {k: float(v[-1]) for k, v in history.items() if k != "step_loss" and v}
+        self._save(_step_of(state, epoch), state, history, None)
+        return False
+
+    def _save(self, step: int, tree: Any, history: dict[str, list[Any]], run: Any) -> None:
+        """Save ``tree`` as ``step`` (replacing one that exists), then prune."""
+        metrics = {
+            k: float(v[-1])
+            for k, v in history.items()
+            if k not in ("step_loss", "epoch", "best_epoch") and v
+        }
         if self.best is not None and self.best not in metrics:
             raise ValueError(f"best={self.best!r} is not in the history: {sorted(metrics)}")
-        step = _step_of(state, epoch)
         manager = self._manager()
         try:
             if step in manager.all_steps():
                 manager.delete(step)
-            _save_directory(self.directory, state, manager=manager, step=step, metrics=metrics)
+            _save_directory(
+                self.directory, tree, manager=manager, step=step, metrics=metrics, run=run
+            )
             steps = sorted(manager.all_steps())
             keep = set(steps[-self.keep :]) | {self._best(manager)}
             for old in steps:
@@ -784,7 +848,56 @@ class Checkpoints:
                     manager.delete(old)
         finally:
             manager.close()
-        return False
+        _remove_deleted(self.directory)
+
+    def save_record(
+        self, tree: Any, *, step: int, history: dict[str, list[Any]], run: dict[str, Any]
+    ) -> None:
+        """Save a resumable run's record as ``step``: ``tree`` holds the state under
+        ``"state"`` (what :meth:`restore` reads) beside the rest of what decides the run's
+        future (``fit`` puts early stopping's state and the best state there), and ``run``
+        (JSON: the epoch count, the history so far) goes into the step's metadata."""
+        self._save(int(step), tree, history, run)
+
+    def latest_record(self, like_tree: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The newest readable run record, as ``(tree, run)``, or None when the directory
+        holds none. A step whose bytes are damaged is skipped (with a warning) for the
+        next newest; a record of another structure (another model or optimizer) is a
+        ``ValueError``."""
+        import warnings
+
+        names, likes, treedef = _entries(like_tree)
+        for step in reversed(self.steps()):
+            if self._is_record(step) is False:
+                raise ValueError(
+                    f"{self.directory} (step {step}) holds a state saved by the Checkpoints "
+                    f"callback, not a resumable run record: resume it with "
+                    f"fit(state=checkpoints.restore(like_state)), or use another directory"
+                )
+            try:
+                tree, meta = _load_directory(
+                    self.directory, names, likes, treedef, step=step, prefix=()
+                )
+            except CorruptCheckpoint as err:
+                warnings.warn(f"skipping a damaged checkpoint: {err}", stacklevel=2)
+                continue
+            except FileNotFoundError:  # pruned by another process meanwhile
+                continue
+            return tree, meta["run"]
+        return None
+
+    def _is_record(self, step: int) -> bool | None:
+        """Whether ``step`` is a run record (None: its metadata cannot be read)."""
+        import orbax.checkpoint as ocp
+
+        manager = self._manager()
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return meta["meta"].get("run") is not None
+        except Exception:  # damaged: the full read below says so
+            return None
+        finally:
+            manager.close()
 
     def steps(self) -> list[int]:
         """The steps on disk, oldest first."""
@@ -803,6 +916,7 @@ class Checkpoints:
             manager.close()
 
     def restore(self, like_state: Any, *, step: int | None = None) -> Any:
-        """The state of ``step`` (default: the latest), as :func:`load_checkpoint` gives it."""
+        """The state of ``step`` (default: the newest), as :func:`load_checkpoint` gives it
+        (from a run record of ``fit(checkpoints=...)``: its state)."""
         names, likes, treedef = _entries(like_state)
-        return _load_directory(self.directory, names, likes, treedef, step=step)
+        return _load_directory(self.directory, names, likes, treedef, step=step)[0]

@@ -143,3 +143,60 @@ def test_two_processes_train_like_one_and_share_checkpoints(tmp_path):
     inspect = json.loads((tmp_path / "inspect.json").read_text())
     print("LEFT AFTER THE CRASH:", inspect["entries"])
     assert max_deviation(inspect["params"], res2["fit"]) == 0.0
+
+
+RESUME_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import purelearn as pl
+
+    pl.distributed.initialize()
+    import jax, numpy as np
+
+    ckpt, out, stop_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mesh = pl.distributed.data_mesh()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 6)).astype(np.float32)
+    Y = np.argmax(X[:, :3], axis=1).astype(np.int32)
+    rows = pl.distributed.process_rows(64, mesh)
+    x, y = pl.distributed.global_batch((X[rows], Y[rows]), mesh)
+
+    def interrupt(epoch, state, history):
+        if epoch == stop_at:
+            raise SystemExit(3)  # every process stops after the same epoch
+
+    state, history = pl.fit(
+        pl.mlp([6, 16, 3], dropout_rate=0.1), pl.adam(0.01), (x, y), epochs=5, batch_size=16,
+        key=0, progress=False, checkpoints=pl.Checkpoints(ckpt, keep=2), callback=interrupt,
+    )
+    if jax.process_index() == 0:
+        leaves = pl.distributed.to_host(jax.tree.leaves(state.params))
+        with open(out, "w") as f:
+            json.dump({"params": [np.asarray(a).tolist() for a in leaves],
+                       "history": history}, f)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_from_its_checkpoints(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_WORKER)
+
+    def launch(ckpt, out, stop_at):
+        return pl.distributed.launch_local(
+            [script, tmp_path / ckpt, tmp_path / out, str(stop_at)],
+            num_processes=2,
+            devices_per_process=1,
+            timeout=240,
+        )
+
+    whole = launch("whole", "whole.json", -1)
+    assert all(r.returncode == 0 for r in whole), [r.stderr[-2000:] for r in whole]
+    cut = launch("parts", "parts.json", 1)
+    assert all(r.returncode == 3 for r in cut), [r.stderr[-2000:] for r in cut]
+    rest = launch("parts", "parts.json", -1)
+    assert all(r.returncode == 0 for r in rest), [r.stderr[-2000:] for r in rest]
+    want = json.loads((tmp_path / "whole.json").read_text())
+    got = json.loads((tmp_path / "parts.json").read_text())
+    assert got == want  # parameters and history, bit for bit
