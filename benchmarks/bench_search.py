@@ -31,6 +31,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import time
 
@@ -43,6 +44,7 @@ from purelearn import tuning
 from purelearn.experiments._common import mnist, subset
 from purelearn.experiments.search import SPACE
 from purelearn.experiments.weight_decay import SIZES
+from purelearn.training import trials as trials_lib
 
 BATCH_SIZE = 100
 
@@ -87,14 +89,18 @@ def vmapped_vs_sequential(train, val, *, trials: int, epochs: int, max_parallel:
         for name in ("learning_rate", "weight_decay")
     }
     keys = jax.random.split(key, trials)
-    runner = tuning._make_runner(model, pl.sgd, {}, early_stopping=None, **kw)
-    args = (hparams, keys, *train, *val)
+    run = functools.partial(
+        trials_lib.run_trials, model, pl.sgd, train, val, keys=keys,
+        settings=trials_lib.Settings(**kw), weight_decay=hparams["weight_decay"],
+        hparams={"learning_rate": hparams["learning_rate"]}, chunk=trials,
+    )  # fmt: skip
     start = time.perf_counter()
-    compiled = runner.lower(*args).compile()
-    timings["vmapped compile"] = time.perf_counter() - start
+    run()  # compiles the all-trials-at-once program, then runs it
+    first = time.perf_counter() - start
     start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
+    run()
     timings["vmapped run"] = time.perf_counter() - start
+    timings["vmapped compile"] = first - timings["vmapped run"]
 
     @jax.jit
     def alone(lr, wd, trial_key):
@@ -131,20 +137,18 @@ def vmapped_vs_sequential(train, val, *, trials: int, epochs: int, max_parallel:
 def chunk_sweep(train, val, *, trials: int, epochs: int, widths: list[int]) -> dict[int, float]:
     """Run time (compile excluded) of the same trials at several ``max_parallel``."""
     model = pl.mlp(SIZES)
-    runner = tuning._make_runner(
-        model, pl.sgd, {}, epochs=epochs, batch_size=BATCH_SIZE, early_stopping=None
-    )
-    hparams = {
-        "learning_rate": np.full(trials, 1e-3, np.float32),
-        "weight_decay": np.full(trials, 1e-6, np.float32),
-    }
     keys = jax.random.split(jax.random.key(0), trials)
-    data = (*train, *val)
     seconds = {}
     for width in widths:
-        tuning._run_chunked(runner, hparams, keys, data, width)  # compiles this width
+        run = functools.partial(
+            trials_lib.run_trials, model, pl.sgd, train, val, keys=keys,
+            settings=trials_lib.Settings(epochs=epochs, batch_size=BATCH_SIZE),
+            weight_decay=np.full(trials, 1e-6, np.float32),
+            hparams={"learning_rate": np.full(trials, 1e-3, np.float32)}, chunk=width,
+        )  # fmt: skip
+        run()  # compiles this width
         start = time.perf_counter()
-        tuning._run_chunked(runner, hparams, keys, data, width)
+        run()
         seconds[width] = time.perf_counter() - start
     return seconds
 

@@ -50,8 +50,6 @@ import optax
 from flax.training import train_state
 
 import purelearn as pl
-from purelearn.training import epoch as engine_epoch
-from purelearn.training import step as engine_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import textbook_numpy
@@ -97,6 +95,11 @@ def make_epoch_fn(model: pl.Model, opt: optax.GradientTransformation, n: int) ->
     engine's shuffled batches scanned through its step, ``(state, x, y) -> (state,
     losses)``. ``fit`` then evaluates the training set on the device in the same
     program; that is left out here so the work equals the flax loop's."""
+    # the engine's private modules, imported here: bench_state's baseline worker imports
+    # this file against an older purelearn that lacks them
+    from purelearn.training import epoch as engine_epoch
+    from purelearn.training import step as engine_step
+
     plan = engine_epoch.plan(
         n, batch_size=BATCH, steps_per_epoch=None, sampling="epoch", weight_decay=0.0,
         has_eval=False, early_stopping=None,
@@ -112,6 +115,8 @@ def make_epoch_fn(model: pl.Model, opt: optax.GradientTransformation, n: int) ->
 
 def make_step_fn(model: pl.Model, opt: optax.GradientTransformation) -> Callable:
     """``pl.make_train_step``'s program (private API) jitted afresh, to lower and compile."""
+    from purelearn.training import step as engine_step
+
     step = engine_step.step_fn(model, opt, False)
     return jax.jit(lambda state, x, y: step(state, x, y, 0.0), donate_argnums=0)
 

@@ -1,4 +1,4 @@
-"""Pytree helpers shared by the optimizers and the regularizers."""
+"""Pytree helpers shared by the optimizers, the regularizers and the training state."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from purelearn._checks import boolean
 
@@ -29,3 +30,21 @@ def leaf_mask(mask: Any, params: Any, default: Callable[[Any], bool]) -> Any:
         raise ValueError(
             f"mask must be a pytree of bools matching params (or a prefix of it): {err}"
         ) from err
+
+
+def unaliased(tree: Any) -> Any:
+    """``tree`` with every array that appears more than once replaced by copies after
+    its first appearance, so it can be donated: optimizers that keep the parameters in
+    their state (``optax.contrib.prodigy``, ``dog``, ``mechanize``) hold the same array
+    twice, and donating one buffer twice is an error."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if len({id(a) for a in leaves}) == len(leaves):
+        return tree
+    seen: set[int] = set()
+    fresh = []
+    for a in leaves:
+        if id(a) in seen and isinstance(a, jax.Array):
+            a = jnp.copy(a)
+        seen.add(id(a))
+        fresh.append(a)
+    return jax.tree.unflatten(treedef, fresh)

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from purelearn import _checks, distributed
+from purelearn._tree import unaliased
 from purelearn.checkpoints import Checkpoints
 from purelearn.early_stopping import METRICS, EarlyStopping
 from purelearn.models import Model
@@ -32,7 +33,7 @@ from purelearn.training.state import (
     check_optimizer,
     check_state,
 )
-from purelearn.training.step import check_weight_decay, unaliased
+from purelearn.training.step import check_weight_decay
 
 __all__ = ["train_run", "fit", "validate_run"]
 
@@ -248,8 +249,8 @@ def fit(
       counted from the run's start), "loss" (mean training loss),
       "train_accuracy", "eval_accuracy" (with ``eval_data``), "best_epoch"
       (with ``EarlyStopping(restore_best=True)``: the epoch whose state would
-      be returned after this one) and "step_loss" (every step's loss, all
-      epochs in one list).
+      be returned after this one; None while no epoch has improved on the
+      start) and "step_loss" (every step's loss, all epochs in one list).
 
     Example:
       >>> import jax, jax.numpy as jnp, purelearn as pl
@@ -421,9 +422,11 @@ def _record_epoch(
         if name in history:
             history[name].append(float(curves[name]))
     if "best_epoch" in history:
-        # the stopper's wait is 0 exactly when this epoch improved (and so became the best)
-        improved = int(jax.device_get(carry.stopper.wait)) == 0 or not history["best_epoch"]
-        history["best_epoch"].append(epoch if improved else history["best_epoch"][-1])
+        # the stopper's wait is 0 exactly when this epoch improved (and so became the best);
+        # before any improvement (a NaN metric) the best state is the starting one: None
+        improved = int(jax.device_get(carry.stopper.wait)) == 0
+        before = history["best_epoch"][-1] if history["best_epoch"] else None
+        history["best_epoch"].append(epoch if improved else before)
 
 
 def _stopped(carry: programs.Carry) -> bool:

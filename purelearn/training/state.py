@@ -26,6 +26,7 @@ import optax
 
 from purelearn import _checks
 from purelearn._cache import memoize
+from purelearn._tree import unaliased
 from purelearn.models import Model
 
 __all__ = ["TrainState", "check_model", "check_optimizer", "check_state"]
@@ -84,6 +85,9 @@ class TrainState(NamedTuple):
             opt_state=optimizer.init(params),
             key=run_key,
         )
+        # optimizers that keep the parameters (prodigy, dog, mechanize) hold the same
+        # arrays twice; one copy each, so that a step can donate the state
+        state = unaliased(state)
         return state if how is None else state.with_layout(optimizer, how)
 
     def with_layout(self, optimizer: optax.GradientTransformation, layout: str = "auto") -> Any:

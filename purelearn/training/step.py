@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from purelearn import _checks, distributed
+from purelearn._tree import unaliased
 from purelearn.layout import Packed, views
 from purelearn.models import Model
 from purelearn.regularization import l2_penalty
@@ -127,24 +128,6 @@ _donating_step = jax.jit(_step, static_argnums=(0, 1, 2), donate_argnums=3)
 _keeping_step = jax.jit(_step, static_argnums=(0, 1, 2))
 
 
-def unaliased(tree: Any) -> Any:
-    """``tree`` with every array that appears more than once replaced by copies after
-    its first appearance, so it can be donated: optimizers that keep the parameters in
-    their state (``optax.contrib.prodigy``, ``dog``, ``mechanize``) hold the same array
-    twice, and donating one buffer twice is an error."""
-    leaves, treedef = jax.tree.flatten(tree)
-    if len({id(a) for a in leaves}) == len(leaves):
-        return tree
-    seen: set[int] = set()
-    fresh = []
-    for a in leaves:
-        if id(a) in seen and isinstance(a, jax.Array):
-            a = jnp.copy(a)
-        seen.add(id(a))
-        fresh.append(a)
-    return jax.tree.unflatten(treedef, fresh)
-
-
 def make_train_step(
     model: Model,
     optimizer: optax.GradientTransformation,
@@ -204,10 +187,16 @@ def make_train_step(
         if not isinstance(state, TrainState | PackedState):
             check_state(state, model, optimizer)  # raises, naming what it got
         state = distributed.replicate_for(state, x)
-        if donate:
-            state = unaliased(state)
         try:
             return jitted(model, optimizer, decay, state, x, y, weight_decay)
+        except jax.errors.JaxRuntimeError as err:
+            # An array held twice (a state built by hand around an optimizer that keeps the
+            # parameters; TrainState.create copies them) is refused before anything is
+            # donated: copy the second and step again. Checking every call instead would
+            # cost a pass over every leaf per step.
+            if not (donate and "donate the same buffer twice" in str(err)):
+                raise
+            return jitted(model, optimizer, decay, unaliased(state), x, y, weight_decay)
         except (TypeError, ValueError):
             if isinstance(state, TrainState):
                 check_state(state, model, optimizer)  # the usual cause: say it plainly
