@@ -294,6 +294,8 @@ def fit(
     if record is not None:
         carry, run = record
         _check_same_run(checkpoints, run.get("fingerprint", {}), fingerprint)
+        # a rerun without key or state cannot probe everything: keep what the record knows
+        fingerprint = {**run.get("fingerprint", {}), **(fingerprint or {})}
         first, history = run["first"], run["history"]
         state = carry.state
     else:
