@@ -194,7 +194,9 @@ def test_a_two_process_run_resumes_from_its_checkpoints(tmp_path):
     whole = launch("whole", "whole.json", -1)
     assert all(r.returncode == 0 for r in whole), [r.stderr[-2000:] for r in whole]
     cut = launch("parts", "parts.json", 1)
-    assert all(r.returncode == 3 for r in cut), [r.stderr[-2000:] for r in cut]
+    # the first process to stop ends the job: the launcher kills the other, maybe mid-save
+    codes = sorted(r.returncode for r in cut)
+    assert 3 in codes and set(codes) <= {3, -9}, [r.stderr[-2000:] for r in cut]
     rest = launch("parts", "parts.json", -1)
     assert all(r.returncode == 0 for r in rest), [r.stderr[-2000:] for r in rest]
     want = json.loads((tmp_path / "whole.json").read_text())
