@@ -349,7 +349,7 @@ def worker_main() -> None:
                 return
             else:
                 raise ValueError(f"unknown command {cmd!r}")
-        except Exception:
+        except Exception:  # noqa: BLE001 -- any failure goes back to the parent as a reply
             reply = {"ok": False, "error": traceback.format_exc()}
         proto.write(json.dumps(reply) + "\n")
 

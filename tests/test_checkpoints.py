@@ -534,7 +534,7 @@ def test_concurrent_saves_to_one_path_all_succeed(tmp_path):
         try:
             for _ in range(15):
                 pl.save_checkpoint(path, state)
-        except Exception as err:  # reported below
+        except Exception as err:  # noqa: BLE001 -- any error of a thread is reported below
             errors.append(err)
 
     threads = [threading.Thread(target=save_many, args=(s,)) for s in states]

@@ -35,7 +35,8 @@ def check_labels(name: str, model: Model, x: jax.Array, y: jax.Array) -> None:
     """
     try:
         logits = _output_shape(model, tuple(x.shape[1:]), x.dtype)
-    except Exception as err:  # the model cannot take x: say so instead of a deep trace
+    except (TypeError, ValueError) as err:  # shape errors (jax's, the models' own): say so
+        # instead of a deep trace; any other error is the model's own and stands as it is
         raise ValueError(
             f"{name}: the model cannot be applied to inputs of shape {tuple(x.shape[1:])} "
             f"per example: {err}"
