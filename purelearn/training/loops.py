@@ -285,12 +285,12 @@ def fit(
     if state is not None:
         check_state(state, model, optimizer)
     record = _latest_record(checkpoints, plan, model, optimizer)
+    start = state
+    if start is None and key is not None:
+        start = TrainState.create(model, optimizer, _checks.key_or_seed("key", key))
     fingerprint = None
     if checkpoints is not None:
-        start_state = state
-        if start_state is None and key is not None:
-            start_state = TrainState.create(model, optimizer, _checks.key_or_seed("key", key))
-        fingerprint = _fingerprint(plan, optimizer, start_state, data, eval_data, weight_decay)
+        fingerprint = _fingerprint(plan, optimizer, start, data, eval_data, weight_decay)
     if record is not None:
         carry, run = record
         _check_same_run(checkpoints, run.get("fingerprint", {}), fingerprint)
@@ -299,12 +299,9 @@ def fit(
         first, history = run["first"], run["history"]
         state = carry.state
     else:
-        if state is None:
-            if key is None:
-                raise ValueError("fit needs a key (or an int seed), or a state to resume from")
-            state = TrainState.create(model, optimizer, _checks.key_or_seed("key", key))
-        else:
-            state = _copy(state)
+        if start is None:
+            raise ValueError("fit needs a key (or an int seed), or a state to resume from")
+        state = _copy(state) if state is not None else start  # the caller's stays usable
         first = epochs_done(state, plan.steps)
         history = _fresh_history(plan)
         carry = programs.start(plan, state)

@@ -54,26 +54,36 @@ def storage_for(
     when it is not leafwise. ``params`` may be abstract (shapes and dtypes).
     """
     _checks.choice("layout", how, LAYOUTS)
-    if how == "pytree" or not packable(params):
-        if how == "contiguous":
-            raise ValueError(
-                "layout='contiguous' needs parameters that are all numeric arrays; "
-                "use layout='pytree'"
-            )
+    if how == "pytree":
         return None
-    params_storage = storage_of(params, alone_from=ALONE_FROM if how == "auto" else None)
+    if how == "contiguous":
+        return _required(optimizer, params, alone_from=None)
+    if not packable(params):
+        return None
+    params_storage = storage_of(params, alone_from=ALONE_FROM)
     group = params_storage.group
-    if how == "auto" and len(group.dtypes) == group.num_leaves:
+    if len(group.dtypes) == group.num_leaves:
         return None  # nothing shares a buffer: packing would only copy
     opt_storage = _leafwise.optimizer_storage(optimizer, group)
+    return None if opt_storage is None else (params_storage, opt_storage)
+
+
+def _required(
+    optimizer: optax.GradientTransformation, params: Any, *, alone_from: int | None
+) -> tuple[Storage, Storage]:
+    """The storages of packing asked for by name, or a ``ValueError`` saying why not."""
+    if not packable(params):
+        raise ValueError(
+            "layout='contiguous' needs parameters that are all numeric arrays; use layout='pytree'"
+        )
+    params_storage = storage_of(params, alone_from=alone_from)
+    opt_storage = _leafwise.optimizer_storage(optimizer, params_storage.group)
     if opt_storage is None:
-        if how == "contiguous":
-            raise ValueError(
-                f"layout='contiguous' needs an optimizer that applies one elementwise rule "
-                f"to every leaf; {_name(optimizer)} does not (a mask, a global norm or a "
-                f"per-leaf rule?): use layout='auto' or 'pytree'"
-            )
-        return None
+        raise ValueError(
+            f"layout='contiguous' needs an optimizer that applies one elementwise rule "
+            f"to every leaf; {_name(optimizer)} does not (a mask, a global norm or a "
+            f"per-leaf rule?): use layout='auto' or 'pytree'"
+        )
     return params_storage, opt_storage
 
 
@@ -136,14 +146,8 @@ class PackedState:
         if not isinstance(state, TrainState):
             raise ValueError(f"state must be a pl.TrainState, got {type(state).__name__}")
         _checks.choice("layout", layout, ("auto", "contiguous"))
-        storages = storage_for(optimizer, state.params, "contiguous")  # ValueError if it cannot
-        if layout == "auto":  # the same proof holds for any grouping of the same leaves
-            params_storage = storage_of(state.params, alone_from=ALONE_FROM)
-            opt_storage = _leafwise.optimizer_storage(optimizer, params_storage.group)
-            if opt_storage is None:
-                raise ValueError(f"{_name(optimizer)} cannot run on contiguous buffers")
-            storages = params_storage, opt_storage
-        assert storages is not None  # "contiguous" raises instead
+        alone_from = ALONE_FROM if layout == "auto" else None
+        storages = _required(optimizer, state.params, alone_from=alone_from)
         return pack_with(state, optimizer, storages)
 
     def unpack(self) -> TrainState:
