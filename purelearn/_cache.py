@@ -17,7 +17,7 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jax
 
@@ -60,8 +60,9 @@ def memoize(fn: F) -> F:
             return fn(*args, **kwargs)
         return cached(call)
 
+    # a function takes attributes, but mypy cannot declare one on a function
     wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps: wrapper has fn's signature
 
 
 class _Call:
@@ -69,7 +70,7 @@ class _Call:
 
     __slots__ = ("args", "hash", "key", "kwargs")
 
-    def __init__(self, key: tuple, args: tuple, kwargs: dict[str, Any]):
+    def __init__(self, key: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]):
         self.key, self.args, self.kwargs = key, args, kwargs
         self.hash = hash(key)  # a TypeError for an unhashable argument
 
@@ -80,7 +81,7 @@ class _Call:
         return isinstance(other, _Call) and self.key == other.key
 
 
-def _bound_key(signature: inspect.Signature, arguments: dict[str, Any]) -> tuple:
+def _bound_key(signature: inspect.Signature, arguments: dict[str, Any]) -> tuple[Any, ...]:
     """The bound arguments in parameter order, each with its types; ``**kwargs`` by name
     (the order they were passed in does not matter)."""
     key = []
@@ -95,7 +96,7 @@ def _bound_key(signature: inspect.Signature, arguments: dict[str, Any]) -> tuple
     return tuple(key)
 
 
-def _typed(value: Any) -> tuple:
+def _typed(value: Any) -> tuple[Any, Any]:
     return value, _types(value)
 
 
@@ -114,14 +115,18 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "purelearn" / "jax"
 
 
-def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
-    """Turn on JAX's persistent compilation cache in ``directory`` (see :func:`default_cache_dir`).
+def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in ``directory``.
+
+    ``directory`` defaults to ``purelearn._cache.default_cache_dir()``.
 
     Programs compiled once are then read back from disk by later processes
     (the ``purelearn`` command and the test suite turn it on). Every program
     is cached, however quick its compile, since the chapter's many small
     programs add up. Returns the directory used.
     """
+    if directory is not None and not isinstance(directory, str | os.PathLike):
+        raise ValueError(f"directory must be a str or os.PathLike path, got {directory!r}")
     path = Path(directory).expanduser() if directory is not None else default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))

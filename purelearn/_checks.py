@@ -19,7 +19,7 @@ import numbers
 import operator
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -40,6 +40,13 @@ __all__ = [
     "scalar",
     "file_path",
 ]
+
+T = TypeVar("T")
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong kind: a ``TypeError``, and a ``ValueError`` too, because
+    purelearn raised ``ValueError`` for these before and callers may catch that."""
 
 
 def _plain(value: Any) -> Any:
@@ -158,12 +165,13 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
-def choice(name: str, value: Any, options: Iterable[Any]) -> Any:
+def choice(name: str, value: Any, options: Iterable[T]) -> T:
     """``value`` if it is one of ``options`` (compared by type and value), else a ``ValueError``."""
     options = tuple(options)
     if not any(type(value) is type(o) and value == o for o in options):
         raise ValueError(f"{name} must be one of {list(options)!r}, got {value!r}")
-    return value
+    checked: T = value
+    return checked
 
 
 def key_or_seed(name: str, value: Any) -> jax.Array:
@@ -180,13 +188,15 @@ def key_or_seed(name: str, value: Any) -> jax.Array:
             f"{name} must be a PRNG key (jax.random.key(0)) or an int seed, got {value!r}"
         )
     dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         if shape == ():
-            return value
+            key: jax.Array = value
+            return key
     elif dtype == np.uint32 and shape == (2,):
-        return jax.random.wrap_key_data(value)
+        wrapped: jax.Array = jax.random.wrap_key_data(value)
+        return wrapped
     elif isinstance(value, numbers.Integral) or (
-        dtype is not None and jax.dtypes.issubdtype(dtype, np.integer) and shape == ()
+        dtype is not None and jax.numpy.issubdtype(dtype, np.integer) and shape == ()
     ):
         if isinstance(value, jax.core.Tracer):
             return jax.random.key(value)
@@ -234,7 +244,7 @@ def axes(name: str, value: Any, ndim: int) -> tuple[int, ...]:
       (0, 2)
     """
     raw = _plain(value)
-    if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
+    if not isinstance(raw, bool) and isinstance(raw, numbers.Integral):
         items: tuple[Any, ...] = (raw,)
     elif isinstance(raw, str | bytes) or not isinstance(raw, Iterable):
         raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")
@@ -244,9 +254,10 @@ def axes(name: str, value: Any, ndim: int) -> tuple[int, ...]:
     for a in items:
         if isinstance(a, bool) or not isinstance(a, numbers.Integral):
             raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")
-        if not -ndim <= a < ndim:
+        index = operator.index(a)
+        if not -ndim <= index < ndim:
             raise ValueError(f"{name}={value!r} is out of range for an input of rank {ndim}")
-        out.append(operator.index(a) % ndim)
+        out.append(index % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"{name}={value!r} names an axis twice")
     return tuple(sorted(out))

@@ -14,7 +14,9 @@ import os
 import re
 import secrets
 from collections.abc import Callable
+from types import ModuleType
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -35,7 +37,7 @@ def same_file(path: str, fd: int) -> bool:
 
 
 def remove_stale(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     pattern: re.Pattern[str],
     *,
     keep: Callable[[re.Match[str], int], bool] | None = None,
@@ -71,7 +73,9 @@ def remove_stale(
             os.close(fd)
 
 
-def open_locked_temp(directory: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+def open_locked_temp(
+    directory: str | os.PathLike[str], prefix: str, suffix: str
+) -> tuple[int, str]:
     """Create ``<prefix><16 hex><suffix>`` in ``directory`` (mode 0o666 less the umask),
     locked; return its descriptor and path. Close the descriptor only once the file is
     in place or removed: the lock tells cleaners it is live."""
@@ -94,7 +98,7 @@ def open_locked_temp(directory: str | os.PathLike, prefix: str, suffix: str) -> 
     raise OSError(f"could not create a temporary file {prefix}*{suffix} in {directory}")
 
 
-def fsync_directory(directory: str | os.PathLike) -> None:
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """Flush a directory's entries (a rename in it) to disk, where the OS allows."""
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -38,7 +38,7 @@ element can get another last digit on the buffer than in the pytree.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -95,7 +95,7 @@ class _Interner:
         return self.ids.setdefault(key, len(self.ids))
 
 
-def _params_key(params: dict[str, Any]) -> tuple:
+def _params_key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, repr(v)) for k, v in params.items() if k != "sharding"))
 
 
@@ -103,7 +103,7 @@ def _scalar(aval: Any) -> bool:
     return getattr(aval, "shape", None) == ()
 
 
-def _const_key(c: Any) -> tuple:
+def _const_key(c: Any) -> tuple[Any, ...]:
     """A scalar numeric constant, named by its value (a tracer of an enclosing trace:
     by its identity). Any other constant is not modelled: not leafwise."""
     if np.shape(c) != ():
@@ -135,14 +135,21 @@ def _call_body(eqn: Any) -> tuple[Any, Sequence[Any]] | None:
     return body, consts
 
 
-def _run(jaxpr: Any, consts: Sequence[Any], args: Sequence[tuple[int, int | None]], intern):
+def _run(
+    jaxpr: Any,
+    consts: Sequence[Any],
+    args: Sequence[tuple[int, int | None]],
+    intern: _Interner,
+) -> list[tuple[int, int | None]]:
     """Canonical ids of ``jaxpr``'s outputs; each value is ``(id, leaf)`` where ``leaf``
     is the pytree leaf it was computed from (None: from scalars only)."""
     env: dict[Any, tuple[int, int | None]] = {}
 
     def read(v: Any) -> tuple[int, int | None]:
         if isinstance(v, jex_core.Literal):
-            return intern(("literal", str(v.aval.dtype), repr(np.asarray(v.val).tolist()))), None
+            # a Literal's aval is a ShapedArray; jax annotates it as the AbstractValue base
+            dtype = str(v.aval.dtype)  # type: ignore[attr-defined]
+            return intern(("literal", dtype, repr(np.asarray(v.val).tolist()))), None
         return env[v]
 
     for v, c in zip(jaxpr.constvars, consts, strict=True):
@@ -174,7 +181,9 @@ def _sub_jaxprs(value: Any) -> list[Any]:
     return []
 
 
-def _equation(eqn: Any, ins: list, leaf: int | None, intern) -> list:
+def _equation(
+    eqn: Any, ins: list[tuple[int, int | None]], leaf: int | None, intern: _Interner
+) -> list[tuple[int, int | None]]:
     """Ids of one equation's outputs. Only an elementwise primitive, or any primitive
     on scalars only, has one: named by its parameters and operands (a body it has is
     not stepped into but named by its text and its constants' values)."""
@@ -222,7 +231,9 @@ def _state_segments(tree_state: Any, flat_state: Any, group: Layout) -> tuple[Se
 
 #: answers per optimizer, held as long as its ``update`` function lives: an optimizer
 #: built inside a trace (``inject_hyperparams`` of traced values) is not kept alive
-_ANSWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ANSWERS: weakref.WeakKeyDictionary[
+    Callable[..., Any], dict[tuple[Callable[..., Any], Layout], Storage | None]
+] = weakref.WeakKeyDictionary()
 
 
 def optimizer_storage(optimizer: optax.GradientTransformation, group: Layout) -> Storage | None:
@@ -261,14 +272,15 @@ def _program(optimizer: optax.GradientTransformation, params: Any) -> _Program:
     shaped like them; raises what the optimizer raises."""
     state = jax.eval_shape(optimizer.init, params)
 
-    def update(grads, state, params):
+    def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         return optimizer.update(grads, state, params)
 
     closed, (updates_shape, state_shape) = jax.make_jaxpr(update, return_shape=True)(
         params, state, params
     )
-    same = jax.tree.structure(updates_shape) == jax.tree.structure(params) and (
-        jax.tree.structure(state_shape) == jax.tree.structure(state)
+    # jaxlib ships no stub for PyTreeDef, so mypy cannot see its __eq__
+    same = jax.tree.structure(updates_shape) == jax.tree.structure(params) and (  # type: ignore[operator]
+        jax.tree.structure(state_shape) == jax.tree.structure(state)  # type: ignore[operator]
     )
     return _Program(closed, state, same)
 
@@ -316,7 +328,7 @@ def _compare(tree: _Program, flat: _Program, group: Layout) -> Storage | None:
     return storage if flat_out == tree_out else None
 
 
-def _ids(program: _Program, storage: Storage, intern, *, per_leaf: bool) -> list:
+def _ids(program: _Program, storage: Storage, intern: _Interner, *, per_leaf: bool) -> list[int]:
     """The canonical ids of ``update``'s outputs (updates, then state), with the tree's
     leaves mapped to the buffers they live in; a leaf's result checked to use that
     leaf only."""
@@ -353,7 +365,7 @@ def _ids(program: _Program, storage: Storage, intern, *, per_leaf: bool) -> list
     return [u for u, _ in updates] + [s for s, _ in new_state]
 
 
-def _state_ids(new_state: list, storage: Storage) -> list[int]:
+def _state_ids(new_state: list[tuple[int, int | None]], storage: Storage) -> list[int]:
     """The new state's ids, one per stored leaf: a moment's leaves must share one rule."""
     group, out, i = storage.group, [], 0
     n = group.num_leaves

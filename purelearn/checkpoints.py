@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,9 @@ import numpy as np
 from flax import serialization
 
 from purelearn import _checks, _files, distributed
+
+if TYPE_CHECKING:  # pragma: no cover - orbax is imported when first used (it is slow)
+    from orbax.checkpoint import CheckpointManager
 
 __all__ = [
     "save_checkpoint",
@@ -107,7 +110,7 @@ def _is_number(x: Any) -> bool:
 
 
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _storable(dtype: Any) -> bool:
@@ -136,7 +139,7 @@ def _to_host(name: Name, leaf: Any) -> Any:
         raise ValueError(
             f"state leaf {_show(name)} must be an array or a number, got {type(leaf).__name__}"
         )
-    if _is_key(leaf):
+    if isinstance(leaf, jax.Array) and _is_key(leaf):  # (only jax arrays hold keys)
         leaf = jax.random.key_data(leaf)
     if not _storable(leaf.dtype):
         raise ValueError(f"state leaf {_show(name)} has dtype {leaf.dtype}, which cannot be stored")
@@ -232,7 +235,8 @@ def _restore(where: str, name: Name, saved: Any, like: Any) -> Any:
         # A Python number in the file (a flax state's step) fills a 0-d array of its
         # kind; an integer must fit the dtype exactly.
         fits = shape == () and _kind_fits(np.asarray(saved).dtype, dtype)
-        if fits and jnp.issubdtype(dtype, np.integer):
+        # (an integer kind that fits means a Python int: isinstance only tells mypy)
+        if fits and isinstance(saved, int) and jnp.issubdtype(dtype, np.integer):
             fits = int(jnp.iinfo(dtype).min) <= saved <= int(jnp.iinfo(dtype).max)
         if not fits:
             raise ValueError(
@@ -275,7 +279,7 @@ def _is_directory_checkpoint(path: str) -> bool:
     return path.endswith(seps) or os.path.isfile(os.path.join(path, DIRECTORY_MARKER))
 
 
-def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
+def save_checkpoint(path: str | os.PathLike[str], state: Any) -> None:
     """Write ``state`` (any pytree of arrays and numbers) to ``path`` atomically.
 
     The leaves (typed PRNG keys as their data, sharded arrays gathered to the
@@ -336,7 +340,7 @@ def save_checkpoint(path: str | os.PathLike, state: Any) -> None:
     _files.fsync_directory(directory)
 
 
-def load_checkpoint(path: str | os.PathLike, like_state: Any) -> Any:
+def load_checkpoint(path: str | os.PathLike[str], like_state: Any) -> Any:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     ``like_state`` gives the structure, shapes, dtypes and placement of the
@@ -406,6 +410,7 @@ def _as_words(a: Any) -> Any:
     if a.dtype == np.bool_ or a.dtype.itemsize < 1 or np.dtype(a.dtype).kind == "V":
         return a.astype(xp.uint8).astype(xp.uint32)
     width = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[a.dtype.itemsize]
+    words: np.ndarray | jax.Array
     if xp is np:
         words = np.ascontiguousarray(a).view(width)
     else:
@@ -444,7 +449,7 @@ def _checksums(arrays: list[Any]) -> list[int]:
     return sums
 
 
-def _manager(directory: str, *, keep: int | None = 1):
+def _manager(directory: str, *, keep: int | None = 1) -> CheckpointManager:
     """An orbax manager of ``directory``'s steps that keeps the last ``keep`` (None: all)."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint import checkpoint_managers as policies
@@ -546,6 +551,18 @@ def _save_directory(
             raise ValueError(f"path {path!r}: its directory {parent!r} does not exist")
         manager = _manager(path)
     try:
+        # The marker goes first: once any process returns from a save, the others may
+        # be killed, and a directory of complete steps without its marker would read
+        # as "a directory, not a checkpoint file" (steps themselves are atomic).
+        marker = os.path.join(path, DIRECTORY_MARKER)
+        if jax.process_index() == 0 and not os.path.exists(marker):
+            os.makedirs(path, exist_ok=True)
+            with open(marker + ".tmp", "w") as f:
+                json.dump({"format": _DIRECTORY_FORMAT}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(marker + ".tmp", marker)
+            _files.fsync_directory(path)
         if step is None:
             step = _next_step(manager)
         manager.save(
@@ -557,10 +574,6 @@ def _save_directory(
             force=True,
         )
         manager.wait_until_finished()
-        marker = os.path.join(path, DIRECTORY_MARKER)
-        if jax.process_index() == 0 and not os.path.exists(marker):
-            with open(marker, "w") as f:
-                json.dump({"format": _DIRECTORY_FORMAT}, f)
     finally:
         if own:
             manager.close()
@@ -597,7 +610,8 @@ def _read_meta(manager: Any, step: int, where: str) -> dict[str, Any]:
         restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as err:  # orbax raises many types for damaged files: all mean corrupt
         raise CorruptCheckpoint(f"{where} is corrupt: its metadata cannot be read ({err})") from err
-    return restored["meta"]
+    meta: dict[str, Any] = restored["meta"]
+    return meta
 
 
 def _load_directory(
@@ -712,7 +726,9 @@ def _load_directory(
     return jax.tree_util.tree_unflatten(treedef, leaves), meta
 
 
-def _placeholders(meta: dict[str, Any], plan: list[tuple[Name, int]], values: list[Any]) -> list:
+def _placeholders(
+    meta: dict[str, Any], plan: list[tuple[Name, int]], values: list[Any]
+) -> list[Any]:
     """A list as long as the saved arrays, ``values`` at the planned indices; the rest
     (not needed) are restored as small NumPy arrays of their saved shapes."""
     import orbax.checkpoint as ocp
@@ -731,7 +747,9 @@ def _placeholders(meta: dict[str, Any], plan: list[tuple[Name, int]], values: li
     return out
 
 
-def _check_same_names(where: str, saved: dict[Name, Any], names: list[Name], likes: list[Any]):
+def _check_same_names(
+    where: str, saved: dict[Name, Any], names: list[Name], likes: list[Any]
+) -> None:
     wanted = [n for n, like in zip(names, likes, strict=True) if not _empty(like)]
     extra = sorted(set(saved) - set(wanted))
     missing = [n for n in wanted if n not in saved]
@@ -786,14 +804,14 @@ class Checkpoints:
 
     def __init__(
         self,
-        directory: str | os.PathLike,
+        directory: str | os.PathLike[str],
         *,
         keep: int = 3,
         best: str | None = None,
         mode: str = "max",
     ) -> None:
-        self.directory = os.path.abspath(_checks.file_path("directory", directory))
-        self.keep = _checks.positive_int("keep", keep)
+        self.directory: str = os.path.abspath(_checks.file_path("directory", directory))
+        self.keep: int = _checks.positive_int("keep", keep)
         self.mode = _checks.choice("mode", mode, ("max", "min"))
         if best is not None and not isinstance(best, str):
             raise ValueError(f"best must be a history metric's name or None, got {best!r}")

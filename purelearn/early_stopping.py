@@ -61,7 +61,7 @@ class EarlyStopping:
       mode: "max" or "min"; ``None`` takes the monitored metric's own
         direction. A mode that contradicts the metric (``"min"`` on an
         accuracy) is a ``ValueError``.
-      monitor: a metric of :data:`METRICS`; ``None`` watches
+      monitor: a metric of :data:`~purelearn.early_stopping.METRICS`; ``None`` watches
         ``"eval_accuracy"`` when eval data is given, else ``"train_accuracy"``.
       restore_best: return the state of the best epoch instead of the last.
 
@@ -81,7 +81,7 @@ class EarlyStopping:
     monitor: str | None = None
     restore_best: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _checks.positive_int("patience", self.patience)
         object.__setattr__(self, "min_delta", _checks.real("min_delta", self.min_delta, low=0.0))
         _checks.boolean("restore_best", self.restore_best)

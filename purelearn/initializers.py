@@ -87,7 +87,9 @@ def _shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
     except TypeError:
         dims = None
     if dims is None or not all(
-        isinstance(d, numbers.Integral) and not isinstance(d, bool | np.bool_) and d >= 0
+        not isinstance(d, bool | np.bool_)
+        and isinstance(d, numbers.Integral)
+        and operator.index(d) >= 0
         for d in dims
     ):
         raise ValueError(f"{name} must be a sequence of integers >= 0, got {shape!r}")
@@ -113,7 +115,7 @@ def _dtype(dtype: Any, name: str) -> np.dtype:
     if dtype is None:
         return np.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
     try:
-        out = jnp.dtype(dtype)
+        out: np.dtype[Any] | None = jnp.dtype(dtype)
     except TypeError:
         out = None
     if out is None or not jnp.issubdtype(out, jnp.floating):
@@ -124,13 +126,15 @@ def _dtype(dtype: Any, name: str) -> np.dtype:
     return out
 
 
-def _resolve(axes: tuple[int, ...], rank: int, name: str, shape: tuple[int, ...]) -> list[int]:
+def _resolve(
+    axes: tuple[int, ...], rank: int, name: str, shape: tuple[int, ...]
+) -> tuple[int, ...]:
     out = []
     for a in axes:
         if not -rank <= a < rank:
             raise ValueError(f"{name}={a} is out of range for shape {shape} (rank {rank})")
         out.append(a % rank)
-    return out
+    return tuple(out)
 
 
 # -- fans ----------------------------------------------------------------------------
@@ -214,7 +218,13 @@ def _multiplier(std: float, distribution: str) -> float:
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _draw(key, multiplier, shape, dtype, distribution):
+def _draw(
+    key: jax.Array,
+    multiplier: float,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    distribution: str,
+) -> jax.Array:
     # One compiled program per shape, dtype and distribution, shared by every
     # initializer; the multiplier (computed in float64 on the host, rounded
     # once) is an argument, so other fans do not recompile. The unit draws
@@ -248,7 +258,8 @@ def _scaled(
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
         std = _std(scale, mode, fans)
-        return _draw(key, _multiplier(std, distribution), shape, dtype, distribution)
+        out: jax.Array = _draw(key, _multiplier(std, distribution), shape, dtype, distribution)
+        return out
 
     init.__name__ = init.__qualname__ = name
     return init
@@ -333,7 +344,8 @@ def normal(stddev: float = 0.01) -> Initializer:
 
     def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         shape, dtype = _shape(shape, "normal: shape"), _dtype(dtype, "normal")
-        return _draw(key, stddev, shape, dtype, "normal")
+        out: jax.Array = _draw(key, stddev, shape, dtype, "normal")
+        return out
 
     init.__name__ = init.__qualname__ = "normal"
     return init
@@ -347,7 +359,14 @@ def _fan_mode(fan: Any) -> str:
 def xavier_normal(
     fan: str = "in", *, in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = ()
 ) -> Initializer:
-    """Xavier (Glorot) Gaussian weights, untruncated.
+    r"""Xavier (Glorot) Gaussian weights, untruncated.
+
+    .. math::
+
+        W \sim \mathcal{N}\!\left(0, \frac{1}{n_\text{in}}\right) \text{ (the textbook's)},
+        \qquad
+        W \sim \mathcal{N}\!\left(0, \frac{2}{n_\text{in} + n_\text{out}}\right)
+        \text{ (Glorot's)}
 
     ``fan="in"`` (default) is the textbook's ``std = sqrt(1 / fan_in)``, which
     keeps the variance of a layer's pre-activations equal to that of its
@@ -411,7 +430,11 @@ def xavier_uniform(
 
 @memoize
 def he_normal(*, in_axis: Axes = -2, out_axis: Axes = -1, batch_axis: Axes = ()) -> Initializer:
-    """He (Kaiming) Gaussian weights, ``std = sqrt(2 / fan_in)``, untruncated.
+    r"""He (Kaiming) Gaussian weights, ``std = sqrt(2 / fan_in)``, untruncated.
+
+    .. math::
+
+        W \sim \mathcal{N}\!\left(0, \frac{2}{n_\text{in}}\right)
 
     ReLU zeroes half of its inputs, halving the second moment; the factor 2
     restores it, so activations keep their scale through deep ReLU nets.

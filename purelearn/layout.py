@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from purelearn import _checks
+
 __all__ = [
     "Layout",
     "Segment",
@@ -118,6 +120,8 @@ def layout_of(tree: Any, *, alone_from: int | None = None) -> Layout:
     with no leaves or with a leaf that is not a numeric array (a PRNG key, a
     string; ``None`` is no leaf).
     """
+    if alone_from is not None:
+        alone_from = _checks.nonnegative_int("alone_from", alone_from)
     leaves, treedef = jax.tree.flatten(tree)
     if not leaves:
         raise ValueError("cannot pack a pytree with no array leaves")
@@ -252,23 +256,23 @@ class Packed:
 
     __slots__ = ("leaves", "storage")
 
-    def __init__(self, leaves: Sequence[Any], storage: Storage):
-        self.leaves = tuple(leaves)
-        self.storage = storage
+    def __init__(self, leaves: Sequence[Any], storage: Storage) -> None:
+        self.leaves: tuple[Any, ...] = tuple(leaves)
+        self.storage: Storage = storage
 
     @property
     def buffers(self) -> tuple[jax.Array, ...]:
-        """The stored leaves: for parameters, one buffer per dtype."""
+        """The stored leaves (for parameters, one buffer per dtype)."""
         return self.leaves
 
     @property
     def raw(self) -> Any:
-        """The stored leaves in their own structure (parameters: a tuple of buffers)."""
+        """The stored leaves in their own structure (for parameters, a tuple of buffers)."""
         return jax.tree.unflatten(self.storage.raw_treedef, self.leaves)
 
     @property
     def tree(self) -> Any:
-        """The pytree: slices of the buffers inside a trace, fresh arrays outside."""
+        """The pytree, as slices of the buffers inside a trace and fresh arrays outside."""
         if any(isinstance(b, jax.core.Tracer) for b in self.leaves):
             return _tree(self.storage, self.leaves)
         if not all(isinstance(b, jax.Array | np.ndarray | np.generic) for b in self.leaves):
@@ -314,6 +318,8 @@ def pack(tree: Any, storage: Storage | None = None) -> Packed:
       storage: how to store it (it must match ``tree``); by default one buffer
         per dtype (:func:`storage_of`).
     """
+    if storage is not None and not isinstance(storage, Storage):
+        raise ValueError(f"storage must be a Storage (layout.storage_of) or None, got {storage!r}")
     storage = storage_of(tree) if storage is None else storage
     leaves, treedef = jax.tree.flatten(tree)
     if treedef != storage.treedef:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,10 @@ from purelearn.regularization import dropout
 __all__ = ["Model", "mlp", "from_flax"]
 
 Initializer = Callable[..., jax.Array]
+
+#: the two scalings of :func:`~purelearn.regularization.dropout`
+DropoutScale = Literal["inverted", "textbook"]
+_DROPOUT_SCALES: tuple[DropoutScale, ...] = ("inverted", "textbook")
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -80,7 +84,8 @@ def _inputs(x: Any, name: str = "x") -> jax.Array:
             ) from err
     if x.ndim == 0:
         raise ValueError(f"{name} must have a leading batch axis, got a scalar {x!r}")
-    return x
+    inputs: jax.Array = x
+    return inputs
 
 
 def _call_args(train: Any, key: Any) -> tuple[bool, jax.Array | None]:
@@ -97,12 +102,12 @@ def _check_sizes(sizes: Any) -> tuple[int, ...]:
         raise ValueError(
             f"sizes must be a sequence of layer widths (input ... output), got {sizes!r}"
         )
-    sizes = tuple(_checks.positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes))
-    if len(sizes) < 2:
+    widths = tuple(_checks.positive_int(f"sizes[{i}]", s) for i, s in enumerate(sizes))
+    if len(widths) < 2:
         raise ValueError(
-            f"sizes must hold at least two widths (input and output), got {list(sizes)!r}"
+            f"sizes must hold at least two widths (input and output), got {list(widths)!r}"
         )
-    return sizes
+    return widths
 
 
 def _check_activation(activation: Any) -> str | Callable[[jax.Array], jax.Array]:
@@ -117,7 +122,8 @@ def _check_activation(activation: Any) -> str | Callable[[jax.Array], jax.Array]
         raise ValueError(
             f"activation must be one of {sorted(_ACTIVATIONS)} or a function, got {activation!r}"
         )
-    return activation
+    fn: Callable[[jax.Array], jax.Array] = activation
+    return fn
 
 
 def _check_init(init: Any) -> str | float | Initializer:
@@ -129,7 +135,8 @@ def _check_init(init: Any) -> str | float | Initializer:
             )
         return _INITS[init.lower()]
     if callable(init):
-        return init
+        initializer: Initializer = init
+        return initializer
     if _checks.is_real(init):
         # a number is the textbook's weight_init_std
         return _checks.real("init (the weight standard deviation)", init, low=0, low_open=True)
@@ -139,7 +146,9 @@ def _check_init(init: Any) -> str | float | Initializer:
     )
 
 
-def _callable_check(name: str, fn: Callable, shape: tuple[int, ...], call: Callable) -> None:
+def _callable_check(
+    name: str, fn: Callable[..., Any], shape: tuple[int, ...], call: Callable[[jax.Array], Any]
+) -> None:
     """Trace ``call`` abstractly (no compute) so a bad ``fn`` fails at construction."""
     try:
         out = jax.eval_shape(call, jax.random.key(0))
@@ -157,7 +166,7 @@ def mlp(
     init: str | float | Initializer = "he",
     batch_norm: bool = False,
     dropout_rate: float = 0.0,
-    dropout_scale: str = "inverted",
+    dropout_scale: DropoutScale = "inverted",
     batch_norm_eps: float = 1e-5,
 ) -> Model:
     """The textbook's fully connected net (``MultiLayerNetExtend``).
@@ -214,7 +223,7 @@ def mlp(
     checked = (_check_sizes(sizes), _check_activation(activation), _check_init(init))
     use_bn = _checks.boolean("batch_norm", batch_norm)
     rate = _checks.probability("dropout_rate", dropout_rate)
-    scale = _checks.choice("dropout_scale", dropout_scale, ("inverted", "textbook"))
+    scale = _checks.choice("dropout_scale", dropout_scale, _DROPOUT_SCALES)
     eps = _checks.real("batch_norm_eps", batch_norm_eps, low=0, low_open=True)
     return _mlp(
         *checked,
@@ -233,7 +242,7 @@ def _mlp(
     init: str | float | Initializer,
     use_bn: bool,
     dropout_rate: float,
-    dropout_scale: str = "inverted",
+    dropout_scale: DropoutScale = "inverted",
     bn_eps: float = 1e-5,
 ) -> Model:
     """:func:`mlp` on checked, canonical settings (one Model per distinct setting)."""
@@ -250,6 +259,7 @@ def _mlp(
     elif isinstance(init, float):
         weight_init = normal(init)
     else:
+        assert not isinstance(init, str)  # _check_init gives "he" or "xavier" only
         weight_init = init
         shape = (sizes[0], sizes[1])
         _callable_check("init", init, shape, lambda k: init(k, shape, jnp.float32))
@@ -293,7 +303,14 @@ def _mlp(
                 f"got {type(model_state).__name__}"
             )
 
-    def apply_fn(params, model_state, x, *, train: bool, key: jax.Array | None = None):
+    def apply_fn(
+        params: Any,
+        model_state: Any,
+        x: Any,
+        *,
+        train: bool,
+        key: jax.Array | int | None = None,
+    ) -> tuple[jax.Array, list[BatchNormStats]]:
         train, key = _call_args(train, key)
         x = _inputs(x)
         check(params, model_state, x)
@@ -309,7 +326,8 @@ def _mlp(
                 new_stats.append(s)
             x = act(x)
             if dropout_rate > 0:
-                layer_key = jax.random.fold_in(key, i) if train else None
+                # (a missing key with train=True was refused above)
+                layer_key = jax.random.fold_in(key, i) if train and key is not None else None
                 x = dropout(
                     layer_key, x, dropout_rate, deterministic=not train, scale=dropout_scale
                 )
@@ -337,7 +355,7 @@ def _explain_input(err: Exception, x: jax.Array, sample: jax.ShapeDtypeStruct) -
         ) from err
 
 
-def _mode_kwargs(call: Callable, train: bool) -> dict[str, bool]:
+def _mode_kwargs(call: Callable[..., Any], train: bool) -> dict[str, bool]:
     """``train`` or ``deterministic`` for a ``__call__`` that takes one of them."""
     params = inspect.signature(call).parameters
     if "train" in params:
@@ -409,7 +427,8 @@ def from_flax(module: Any, sample_input: Any) -> Model:
         return _from_nnx(None, module, _inputs(sample_input, "sample_input"))
     if isinstance(module, type) and issubclass(module, linen.Module):
         raise ValueError(
-            f"from_flax got the linen class {module.__name__}, not an instance: "
+            f"module must be a flax module instance: from_flax got the linen class "
+            f"{module.__name__}, not an instance: "
             f"pass {module.__name__}(...)"
         )
     if isinstance(module, type) and not issubclass(module, nnx.Module):
@@ -431,7 +450,7 @@ def _from_linen(module: Any, sample_input: jax.Array) -> Model:
     def mode(train: bool) -> dict[str, bool]:
         return modes[train]
 
-    def init_fn(key: jax.Array):
+    def init_fn(key: jax.Array | int) -> tuple[Any, dict[str, Any]]:
         params_key, dropout_key = jax.random.split(_checks.key_or_seed("key", key))
         variables = module.init(
             {"params": params_key, "dropout": dropout_key}, sample_input, **mode(False)
@@ -440,7 +459,14 @@ def _from_linen(module: Any, sample_input: jax.Array) -> Model:
         params = variables.pop("params", {})
         return params, variables
 
-    def apply_fn(params, model_state, x, *, train: bool, key: jax.Array | None = None):
+    def apply_fn(
+        params: Any,
+        model_state: Any,
+        x: Any,
+        *,
+        train: bool,
+        key: jax.Array | int | None = None,
+    ) -> tuple[Any, Any]:
         train, key = _call_args(train, key)
         x = _inputs(x)
         variables = {"params": params, **model_state}
@@ -481,7 +507,7 @@ def _defines_call(cls: type) -> bool:
 
 def _check_like(name: str, tree: Any, like: Any, what: str) -> None:
     """``tree`` has ``like``'s structure and leaf shapes (static, so free inside jit)."""
-    same = jax.tree.structure(tree) == jax.tree.structure(like)
+    same = jax.tree.structure(tree) == jax.tree.structure(like)  # type: ignore[operator]  # jaxlib: no PyTreeDef stub
     if same:
         bad = [
             (jax.tree_util.keystr(path), tuple(np.shape(a)), tuple(b.shape))
@@ -506,11 +532,13 @@ def _check_nnx_call(cls: type) -> None:
         )
 
 
-def _factory(fn: Callable) -> Callable[[Any], Any]:
+def _factory(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     """``fn`` as ``rngs -> module``: called with ``rngs=`` when it names that argument or
     takes ``**kwargs`` (an nnx Module class, or a ``functools.partial`` of one, shows its
     metaclass's ``(*args, **kwargs)``), else with one positional argument."""
-    target = fn.__init__ if isinstance(fn, type) else fn
+    # a class's own __init__ is the signature to read (mypy refuses __init__ on a value)
+    target = fn.__init__ if isinstance(fn, type) else fn  # type: ignore[misc]
+    params: Mapping[str, inspect.Parameter | None]
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):  # no signature (some builtins): try the keyword
@@ -529,7 +557,7 @@ def _factory(fn: Callable) -> Callable[[Any], Any]:
 
 
 def _from_nnx(
-    factory: Callable | None, instance: Any, sample_input: jax.Array, label: str = ""
+    factory: Callable[[Any], Any] | None, instance: Any, sample_input: jax.Array, label: str = ""
 ) -> Model:
     from flax import nnx
     from flax.traverse_util import unflatten_dict
@@ -552,7 +580,7 @@ def _from_nnx(
     filters = (nnx.Param, nnx.RngState, ...)
     mode_attrs = ("deterministic", "use_running_average")
 
-    def split(module: Any, train: bool):
+    def split(module: Any, train: bool) -> tuple[Any, ...]:
         attrs = dict.fromkeys(mode_attrs, not train)
         view = nnx.with_attributes(module, raise_if_not_found=False, **attrs)
         return nnx.split(view, *filters)
@@ -574,18 +602,19 @@ def _from_nnx(
     modes = {train: _mode_kwargs(call, train) for train in (False, True)}
     needs_key = bool(rng_leaves) or takes_rngs
 
-    def init_fn(key: jax.Array):
+    def init_fn(key: jax.Array | int) -> tuple[Any, Any]:
         key = _checks.key_or_seed("key", key)
         if factory is None:
             # copies: the engine donates its state's buffers, the user's module keeps its own
-            return jax.tree.map(jnp.copy, (params0, rest0))
-        _, params, _, rest = nnx.split(factory(nnx.Rngs(key)), *filters)
-        params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+            copies: tuple[Any, Any] = jax.tree.map(jnp.copy, (params0, rest0))
+            return copies
+        _, *states = nnx.split(factory(nnx.Rngs(key)), *filters)
+        params, rest = nnx.to_pure_dict(states[0]), nnx.to_pure_dict(states[2])
         _check_like("the factory's params", params, params0, "nnx.Param variables")
         return params, rest
 
-    def rng_state(key: jax.Array) -> dict:
-        flat = {}
+    def rng_state(key: jax.Array) -> dict[str, Any]:
+        flat: dict[tuple[Any, ...], jax.Array] = {}
         for i, (path, shape, is_key) in enumerate(rng_leaves):
             k = jax.random.fold_in(key, i)
             flat[path] = (
@@ -593,9 +622,17 @@ def _from_nnx(
                 if is_key
                 else jnp.zeros(shape, jnp.uint32)
             )
-        return unflatten_dict(flat)
+        state: dict[str, Any] = unflatten_dict(flat)
+        return state
 
-    def apply_fn(params, model_state, x, *, train: bool, key: jax.Array | None = None):
+    def apply_fn(
+        params: Any,
+        model_state: Any,
+        x: Any,
+        *,
+        train: bool,
+        key: jax.Array | int | None = None,
+    ) -> tuple[Any, Any]:
         train, key = _call_args(train, key)
         x = _inputs(x)
         if key is None:
@@ -623,7 +660,7 @@ def _from_nnx(
             return logits, model_state
         nnx.pop(module, nnx.Intermediate)
         new_state = nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Any(nnx.Param, nnx.RngState))))
-        if jax.tree.structure(new_state) != rest_tree:
+        if jax.tree.structure(new_state) != rest_tree:  # type: ignore[operator]  # no PyTreeDef stub
             raise ValueError(
                 "the nnx module created new variables during __call__; from_flax needs "
                 "every variable to exist after construction"

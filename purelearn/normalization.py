@@ -95,7 +95,7 @@ class BatchNormStats(NamedTuple):
           >>> stats.mean, stats.var
           (Array([0., 0., 0.], dtype=float32), Array([1., 1., 1.], dtype=float32))
         """
-        if np.ndim(num_features) == 0:
+        if isinstance(num_features, int) or np.ndim(num_features) == 0:
             shape: tuple[int, ...] = (nonnegative_int("num_features", num_features),)
         else:
             shape = tuple(nonnegative_int("num_features", n) for n in num_features)
@@ -135,9 +135,11 @@ def _as_input(x: Any) -> jax.Array:
         except (TypeError, ValueError) as err:
             raise ValueError(f"x must be an array of real numbers, got {x!r:.80}") from err
     if jnp.issubdtype(x.dtype, jnp.floating):
-        return x
+        floating: jax.Array = x
+        return floating
     if jnp.issubdtype(x.dtype, jnp.integer):
-        return x.astype(jnp.result_type(float))
+        converted: jax.Array = x.astype(jnp.result_type(float))
+        return converted
     raise ValueError(f"x must be a floating-point or integer array, got dtype {x.dtype}")
 
 
@@ -205,7 +207,8 @@ def _as_stats(stats: Any) -> BatchNormStats:
             raise ValueError(
                 f"stats.{field} must be a floating-point array, got {value!r:.80} of dtype {dtype}"
             )
-    return stats
+    checked: BatchNormStats = stats
+    return checked
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -294,7 +297,9 @@ def _standardize(x: jax.Array, eps: Any, red: _Reduction) -> tuple[jax.Array, ja
     return _standardize_plain(x, eps, red)
 
 
-def _standardize_jvp(red, primals, tangents):
+def _standardize_jvp(
+    red: _Reduction, primals: tuple[jax.Array, Any], tangents: tuple[Any, Any]
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
     x, eps = primals
     dx, deps = tangents
     mean, centered, var = _moments(x, red)
@@ -335,12 +340,14 @@ def _standardize_affine(
     return _scale_shift(x_hat, scale, bias), mean, var
 
 
-def _scale_shift(x_hat, scale, bias):
+def _scale_shift(x_hat: jax.Array, scale: Any, bias: Any) -> jax.Array:
     y = x_hat if scale is None else x_hat * scale
     return y if bias is None else y + bias
 
 
-def _standardize_affine_jvp(red, primals, tangents):
+def _standardize_affine_jvp(
+    red: _Reduction, primals: tuple[jax.Array, Any, Any, Any], tangents: tuple[Any, Any, Any, Any]
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
     x, scale, bias, eps = primals
     dx, dscale, dbias, deps = tangents
     mean, centered, var = _moments(x, red)
@@ -382,7 +389,8 @@ def _param(
         return None
     p = jnp.asarray(p)
     shape = _layout(p.shape, name, x_shape, axes)
-    return (p if shape is None else p.reshape(shape)).astype(dtype)
+    laid: jax.Array = (p if shape is None else p.reshape(shape)).astype(dtype)
+    return laid
 
 
 # -- jitted kernels ---------------------------------------------------------------
@@ -391,7 +399,15 @@ def _param(
 
 
 @functools.partial(jax.jit, static_argnames=("red", "features"))
-def _normalize(x, scale, bias, eps, *, red, features):
+def _normalize(
+    x: jax.Array,
+    scale: Any,
+    bias: Any,
+    eps: Any,
+    *,
+    red: _Reduction,
+    features: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(y, mean, var)``: ``x`` standardized as ``red`` says, then scaled and
     shifted along ``features``; statistics in the compute dtype."""
     dtype = _compute_dtype(x.dtype)
@@ -419,22 +435,42 @@ def _constant_on(red: _Reduction, ndim: int, *params: jax.Array | None) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("features", "axis_name"))
-def _batch_norm_train(x, scale, bias, stats, momentum, rest, eps, *, features, axis_name):
+def _batch_norm_train(
+    x: jax.Array,
+    scale: Any,
+    bias: Any,
+    stats: BatchNormStats,
+    momentum: jax.Array,
+    rest: jax.Array,
+    eps: Any,
+    *,
+    features: tuple[int, ...],
+    axis_name: Any,
+) -> tuple[jax.Array, BatchNormStats]:
     reduced = tuple(i for i in range(x.ndim) if i not in features)
     red = _Reduction(reduced, axis_name)
     y, mean, var = _normalize(x, scale, bias, eps, red=red, features=features)
 
-    def ema(old, new):
+    def ema(old: jax.Array, new: jax.Array) -> jax.Array:
         return (momentum * old + rest * new.reshape(old.shape)).astype(old.dtype)
 
     return y, BatchNormStats(ema(stats.mean, mean), ema(stats.var, var))
 
 
 @functools.partial(jax.jit, static_argnames=("features",))
-def _batch_norm_eval(x, scale, bias, stats, eps, *, features):
+def _batch_norm_eval(
+    x: jax.Array,
+    scale: Any,
+    bias: Any,
+    stats: BatchNormStats,
+    eps: Any,
+    *,
+    features: tuple[int, ...],
+) -> jax.Array:
     dtype = _compute_dtype(x.dtype)
     mean = _param(stats.mean, "stats.mean", x.shape, features, dtype)
     var = _param(stats.var, "stats.var", x.shape, features, dtype)
+    assert mean is not None and var is not None  # (statistics are arrays, never None)
     x_hat = (x.astype(dtype) - mean) * lax.rsqrt(var + eps)
     scale = _param(scale, "scale", x.shape, features, dtype)
     bias = _param(bias, "bias", x.shape, features, dtype)
@@ -456,7 +492,12 @@ def batch_norm(
     axis: Axes = -1,
     axis_name: Any = None,
 ) -> tuple[jax.Array, BatchNormStats]:
-    """Batch normalization (Ioffe and Szegedy), the textbook's ``BatchNormalization``.
+    r"""Batch normalization (Ioffe and Szegedy), the textbook's ``BatchNormalization``.
+
+    .. math::
+
+        \hat x = \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}}, \qquad
+        y = \gamma\, \hat x + \beta
 
     In training, each feature is standardized with the mean and biased
     variance over every other axis (the batch, and the spatial axes of
@@ -532,10 +573,12 @@ def batch_norm(
     if train:
         # 1 - momentum in Python for a Python momentum, rounded once as in flax.
         rest = 1 - momentum
-        return _batch_norm_train(
+        trained: tuple[jax.Array, BatchNormStats] = _batch_norm_train(
             x, scale, bias, stats, momentum, rest, eps, features=features, axis_name=axis_name
         )
-    return _batch_norm_eval(x, scale, bias, stats, eps, features=features), stats
+        return trained
+    y: jax.Array = _batch_norm_eval(x, scale, bias, stats, eps, features=features)
+    return y, stats
 
 
 def layer_norm(
@@ -546,7 +589,11 @@ def layer_norm(
     axis: Axes = -1,
     eps: float = 1e-5,
 ) -> jax.Array:
-    """Layer normalization (Ba et al.): standardize each example over ``axis``.
+    r"""Layer normalization (Ba et al.): standardize each example over ``axis``.
+
+    .. math::
+
+        y = \gamma\, \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
 
     Independent of the batch, so training and inference agree and there are
     no running statistics. Same results as ``flax.linen.LayerNorm`` with
@@ -579,7 +626,9 @@ def layer_norm(
         raise ValueError("layer_norm needs at least one axis to normalize over, got axis=()")
     scale = _as_param(scale, "scale", x.shape, normalized)
     bias = _as_param(bias, "bias", x.shape, normalized)
-    return _normalize(x, scale, bias, eps, red=_Reduction(normalized), features=normalized)[0]
+    out = _normalize(x, scale, bias, eps, red=_Reduction(normalized), features=normalized)
+    y: jax.Array = out[0]
+    return y
 
 
 def _channel_axis(x: jax.Array, channel_axis: int, fn: str, min_rank: int) -> int:
@@ -634,7 +683,8 @@ def instance_norm(
     reduced = tuple(i for i in range(1, x.ndim) if i != ch)
     scale = _as_param(scale, "scale", x.shape, (ch,))
     bias = _as_param(bias, "bias", x.shape, (ch,))
-    return _normalize(x, scale, bias, eps, red=_Reduction(reduced), features=(ch,))[0]
+    y: jax.Array = _normalize(x, scale, bias, eps, red=_Reduction(reduced), features=(ch,))[0]
+    return y
 
 
 def group_norm(
@@ -688,4 +738,5 @@ def group_norm(
     red = _Reduction(reduced, groups=(ch, num_groups))
     scale = _as_param(scale, "scale", x.shape, (ch,))
     bias = _as_param(bias, "bias", x.shape, (ch,))
-    return _normalize(x, scale, bias, eps, red=red, features=(ch,))[0]
+    y: jax.Array = _normalize(x, scale, bias, eps, red=red, features=(ch,))[0]
+    return y

@@ -17,16 +17,13 @@ import numbers
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from purelearn.tuning import hyperparameter_names
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+from purelearn import _checks
+from purelearn._types import Axes, Figure, Line2D
+from purelearn.tuning import hyperparameter_names, result_rows
 
 __all__ = [
     "new_figure",
@@ -50,7 +47,20 @@ def new_figure(width: float, height: float) -> Figure:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError(_MATPLOTLIB_HINT) from err
+    width = _checks.real("width", width, low=0, low_open=True)
+    height = _checks.real("height", height, low=0, low_open=True)
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _curve(name: str, values: Any, *, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """``values`` as a float64 array of rank ``ndim``, else a ``ValueError`` naming it."""
+    try:
+        a = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as err:  # ragged, strings, None: name the argument
+        raise ValueError(f"{name} must be numbers of one shape, got {values!r}") from err
+    if a.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must have rank {ndim}, got shape {a.shape}")
+    return a
 
 
 def grid(n: int, max_cols: int) -> tuple[int, int]:
@@ -59,7 +69,8 @@ def grid(n: int, max_cols: int) -> tuple[int, int]:
     >>> grid(16, 4), grid(3, 5), grid(0, 4)
     ((4, 4), (1, 3), (1, 1))
     """
-    cols = max(1, min(n, max_cols))
+    n = _checks.nonnegative_int("n", n)
+    cols = max(1, min(n, _checks.positive_int("max_cols", max_cols)))
     return max(1, math.ceil(n / cols)), cols
 
 
@@ -72,30 +83,37 @@ def panels(fig: Figure, n: int, max_cols: int, **kw: Any) -> np.ndarray:
     return axes[:n]
 
 
-def _has_panel_below(ax: Axes, axes: Sequence[Axes]) -> bool:
+def _cell(ax: Axes) -> tuple[int, int]:
+    """The grid row and column of a panel's top-left cell."""
     spec = ax.get_subplotspec()
-    row, col = spec.rowspan.start, spec.colspan.start
-    return any(
-        o.get_subplotspec().rowspan.start == row + 1 and o.get_subplotspec().colspan.start == col
-        for o in axes
-    )
+    if spec is None:
+        raise ValueError(f"{ax!r} is not a panel of a grid (see panels)")
+    return spec.rowspan.start, spec.colspan.start
 
 
-def label_outer(axes: Sequence[Axes], xlabel: str, ylabel: str, fontsize: float = 9) -> None:
+def _has_panel_below(ax: Axes, axes: Sequence[Axes] | np.ndarray) -> bool:
+    row, col = _cell(ax)
+    return any(_cell(o) == (row + 1, col) for o in axes)
+
+
+def label_outer(
+    axes: Sequence[Axes] | np.ndarray, xlabel: str, ylabel: str, fontsize: float = 9
+) -> None:
     """Axis labels and tick labels only on the outer panels (like ``label_outer``,
     but a panel with no panel below it keeps its x labels)."""
+    fontsize = _checks.real("fontsize", fontsize, low=0, low_open=True)
     for ax in axes:
         below = _has_panel_below(ax, axes)
         ax.tick_params(labelbottom=not below)
         if not below:
             ax.set_xlabel(xlabel, fontsize=fontsize)
-        if ax.get_subplotspec().is_first_col():
+        if _cell(ax)[1] == 0:  # the first column
             ax.set_ylabel(ylabel, fontsize=fontsize)
         else:
             ax.tick_params(labelleft=False)
 
 
-def smooth_curve(x: Sequence[float]) -> np.ndarray:
+def smooth_curve(x: Sequence[float] | np.ndarray) -> np.ndarray:
     """The textbook's ``smooth_curve``: a Kaiser-window moving average, same length.
 
     The window is 11 points (shorter for curves shorter than that); the ends are
@@ -106,16 +124,18 @@ def smooth_curve(x: Sequence[float]) -> np.ndarray:
     >>> len(smooth_curve(np.arange(5.0)))
     5
     """
-    x = np.asarray(x, dtype=float)
+    x = _curve("x", x, ndim=1)
     n = x.shape[0]
     window = min(11, n if n % 2 else n - 1)
     if window < 3:
-        return x.copy()
+        short: np.ndarray = x.copy()
+        return short
     half = window // 2
     padded = np.r_[x[window - 1 : 0 : -1], x, x[-1:-window:-1]]
     w = np.kaiser(window, 2)
     y = np.convolve(w / w.sum(), padded, mode="valid")
-    return y[half : len(y) - half]
+    smoothed: np.ndarray = y[half : len(y) - half]
+    return smoothed
 
 
 def band_stats(
@@ -129,7 +149,9 @@ def band_stats(
     """
     if center not in ("mean", "median"):
         raise ValueError(f"center must be 'mean' or 'median', got {center!r}")
-    c = np.atleast_2d(np.asarray(curves, dtype=float))
+    c = np.atleast_2d(_curve("curves", curves, ndim=(1, 2)))
+    if c.size == 0:
+        raise ValueError(f"curves must hold at least one point, got {curves!r}")
     mid = c.mean(axis=0) if center == "mean" else np.median(c, axis=0)
     return mid, c.min(axis=0), c.max(axis=0)
 
@@ -138,7 +160,7 @@ def band(
     ax: Axes,
     curves: Sequence[Sequence[float]] | np.ndarray,
     *,
-    x: Sequence[float] | None = None,
+    x: Sequence[float] | np.ndarray | None = None,
     center: str = "mean",
     smooth: bool = False,
     alpha: float = 0.2,
@@ -158,7 +180,8 @@ def band(
     Returns:
       The centre line (its colour is the band's).
     """
-    c = np.atleast_2d(np.asarray(curves, dtype=float))
+    alpha = _checks.real("alpha", alpha, low=0, high=1)
+    c = np.atleast_2d(_curve("curves", curves, ndim=(1, 2)))
     if smooth:
         c = np.stack([smooth_curve(row) for row in c])
     mid, low, high = band_stats(c, center)
@@ -169,13 +192,79 @@ def band(
     return line
 
 
+#: The legend entry of :func:`mark_diverged`'s marker.
+DIVERGED = "diverged"
+
+
+def mark_diverged(
+    ax: Axes,
+    curves: Sequence[Sequence[float]] | np.ndarray,
+    epochs: Sequence[int | None],
+    *,
+    color: Any = "black",
+) -> np.ndarray:
+    """Mark the runs of ``(seeds, epochs)`` ``curves`` that diverged, and cut them there.
+
+    ``epochs[i]`` is the 1-based epoch at which run ``i`` diverged (its loss turned
+    non-finite), or ``None``. Each diverged run gets an ``X`` at that epoch, at the
+    last value it reached (0 if none), labelled :data:`DIVERGED` for the legend.
+
+    Returns:
+      ``curves`` as floats with every diverged run's values from its epoch on set to
+      NaN, for :func:`band`: a diverged run's numbers (the accuracy of NaN logits) are
+      not a learning curve.
+    """
+    c = np.array(np.atleast_2d(np.asarray(curves, dtype=float)))
+    for i, epoch in enumerate(epochs):
+        if epoch is None:
+            continue
+        before = c[i, : epoch - 1]
+        y = float(before[-1]) if before.size and np.isfinite(before[-1]) else 0.0
+        c[i, epoch - 1 :] = np.nan
+        ax.plot(
+            [epoch],
+            [y],
+            marker="X",
+            markersize=8,
+            color=color,
+            markeredgecolor="black",
+            linestyle="none",
+            label=DIVERGED,
+            zorder=5,
+        )
+    return c
+
+
+def legend_entries(axes: Sequence[Axes] | np.ndarray) -> tuple[list[Any], list[str]]:
+    """The legend handles and labels of all ``axes``, each label once, in order of
+    appearance (a :data:`DIVERGED` marker drawn on any panel joins the legend)."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    return handles, labels
+
+
 def histogram(
-    ax: Axes, counts: Sequence[float], edges: Sequence[float], *, cut_above: float | None = None
+    ax: Axes,
+    counts: Sequence[float] | np.ndarray,
+    edges: Sequence[float] | np.ndarray,
+    *,
+    cut_above: float | None = None,
 ) -> None:
     """A filled histogram; with ``cut_above``, the y axis stops there and a first bin
     that rises beyond it is labelled with its count."""
-    counts = np.asarray(counts, dtype=float)
-    edges = np.asarray(edges, dtype=float)
+    counts = _curve("counts", counts, ndim=1)
+    edges = _curve("edges", edges, ndim=1)
+    if len(edges) != len(counts) + 1:
+        raise ValueError(
+            f"edges must be one longer than counts, got {len(edges)} and {len(counts)}"
+        )
+    if cut_above is not None:
+        cut_above = _checks.real("cut_above", cut_above, low=0, low_open=True)
     ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.85)
     ax.set_xlim(edges[0], edges[-1])
     top = cut_above if cut_above is not None else (counts.max() if counts.size else 1.0)
@@ -199,7 +288,7 @@ def histogram(
 _SHORT_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 
 
-def _hyperparameters(result: Mapping) -> list[tuple[str, float]]:
+def _hyperparameters(result: Mapping[str, Any]) -> list[tuple[str, float]]:
     """A result's numeric hyperparameters, under short names."""
     return [
         (_SHORT_NAMES.get(k, k), float(result[k]))
@@ -234,7 +323,7 @@ def _title_and_label(ax: Axes, title: str, lines: Sequence[str]) -> None:
     from matplotlib.transforms import ScaledTranslation
 
     if lines:
-        up = ScaledTranslation(0, _LABEL_GAP / 72, ax.get_figure().dpi_scale_trans)
+        up = ScaledTranslation(0, _LABEL_GAP / 72, ax.figure.dpi_scale_trans)
         ax.text(
             0.5,
             1.0,
@@ -253,7 +342,7 @@ def _title_and_label(ax: Axes, title: str, lines: Sequence[str]) -> None:
 
 
 def search_figure(
-    results: Sequence[Mapping],
+    results: Sequence[Mapping[str, Any]],
     k: int = 20,
     spread: Sequence[Mapping[str, Sequence[Sequence[float]]]] | None = None,
 ) -> Figure:
@@ -274,9 +363,12 @@ def search_figure(
         "train_acc_curve": [...]}``; each curve is then drawn as a band (the
         panel's line is the mean over those seeds).
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    given: object = k  # checked as any object: callers without a type checker pass anything
+    if isinstance(given, bool) or not isinstance(given, numbers.Integral) or given < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    trials = list(results)[:k]
+    trials = result_rows(results)[: _checks.positive_int("k", k)]
+    if not trials:
+        raise ValueError("results must hold at least one trial, got none")
     spread = list(spread or [])
     n = max(1, len(trials))
     rows, cols = grid(n, 5)
@@ -311,10 +403,13 @@ def search_figure(
     return fig
 
 
-def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> pathlib.Path:
+def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> pathlib.Path:
     """Write ``fig`` to ``path`` (PNG unless the suffix names another format), creating
     the parent directory; the figure is cleared afterwards. Returns the path."""
-    path = pathlib.Path(path)
+    if not hasattr(fig, "savefig"):
+        raise ValueError(f"fig must be a matplotlib Figure, got {fig!r}")
+    path = pathlib.Path(_checks.file_path("path", path))
+    dpi = _checks.positive_int("dpi", dpi)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.savefig(path, dpi=dpi, format=None if path.suffix else "png")

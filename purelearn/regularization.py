@@ -21,6 +21,7 @@ mask leaves that are not real bools (the string ``"no"`` is not ``False``).
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -28,14 +29,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purelearn._checks import axes, boolean, choice, is_traced, key_or_seed, scalar
+from purelearn._checks import (
+    ArgumentTypeError,
+    axes,
+    boolean,
+    choice,
+    is_traced,
+    key_or_seed,
+    scalar,
+)
 from purelearn._tree import leaf_mask
 
 __all__ = ["dropout", "l2_penalty"]
 
 Mask = Any | Callable[[Any], Any] | None
 
-_SCALES = ("inverted", "textbook")
+_SCALES: tuple[Literal["inverted", "textbook"], ...] = ("inverted", "textbook")
 
 
 def _static_flag(name: str, value: Any) -> bool:
@@ -58,7 +67,8 @@ def _float_input(x: Any) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         # Both forms rescale x (by 1 / (1 - rate) or by 1 - rate): no integer holds that.
         raise ValueError(f"dropout needs a floating-point x, got dtype {x.dtype}")
-    return x
+    checked: jax.Array = x
+    return checked
 
 
 def dropout(
@@ -67,7 +77,7 @@ def dropout(
     rate: float | jax.Array,
     *,
     deterministic: bool = False,
-    broadcast_dims: int | Sequence[int] = (),
+    broadcast_dims: Sequence[int] = (),
     scale: Literal["inverted", "textbook"] = "inverted",
 ) -> jax.Array:
     """Zero each element of ``x`` with probability ``rate``, in one of two scalings.
@@ -97,7 +107,8 @@ def dropout(
         under ``vmap``). ``rate == 1`` returns zeros, and zero (finite) gradients.
       deterministic: a Python bool; ``True`` is inference.
       broadcast_dims: axes along which one mask value is shared, e.g.
-        ``(1, 2)`` on NHWC drops whole channels (spatial dropout).
+        ``(1, 2)`` on NHWC drops whole channels (spatial dropout). A sequence,
+        as in ``flax.linen.Dropout``: one int is a ``TypeError``.
       scale: ``"inverted"`` or ``"textbook"``, as above.
 
     Returns:
@@ -124,7 +135,18 @@ def dropout(
     deterministic = _static_flag("deterministic", deterministic)
     scale = choice("scale", scale, _SCALES)
     x = _float_input(x)
+    if isinstance(broadcast_dims, numbers.Integral) or (
+        np.ndim(broadcast_dims) == 0 and np.issubdtype(np.asarray(broadcast_dims).dtype, np.integer)
+    ):
+        # flax.linen.Dropout takes a sequence only; one int is most likely a slip
+        dim = int(np.asarray(broadcast_dims))
+        raise ArgumentTypeError(
+            f"broadcast_dims must be a tuple or list of axes (as in flax.linen.Dropout), "
+            f"got the int {dim}: write ({dim},)"
+        )
     shared = axes("broadcast_dims", broadcast_dims, x.ndim)
+    if key is not None:  # checked even where unused (rate 0, deterministic): a slip shows
+        key = key_or_seed("key", key)
     textbook = scale == "textbook"
     plain = not is_traced(rate)
     if (deterministic and not textbook) or (plain and rate == 0):
@@ -140,11 +162,19 @@ def dropout(
         raise ValueError("dropout with rate > 0 and deterministic=False needs a PRNG key, got None")
     key = key_or_seed("key", key)
     mask_shape = tuple(1 if d in shared else n for d, n in enumerate(x.shape))
-    return _dropout(key, x, 1.0 - rate, mask_shape=mask_shape, textbook=textbook)
+    out: jax.Array = _dropout(key, x, 1.0 - rate, mask_shape=mask_shape, textbook=textbook)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("mask_shape", "textbook"))
-def _dropout(key, x, keep_prob, *, mask_shape, textbook):
+def _dropout(
+    key: jax.Array,
+    x: jax.Array,
+    keep_prob: jax.Array,
+    *,
+    mask_shape: tuple[int, ...],
+    textbook: bool,
+) -> jax.Array:
     keep = jnp.broadcast_to(jax.random.bernoulli(key, keep_prob, mask_shape), x.shape)
     if textbook:
         return jnp.where(keep, x, jnp.zeros((), x.dtype))
@@ -194,7 +224,11 @@ def _weights(params: Any, mask: Mask) -> list[jax.Array]:
 
 
 def l2_penalty(params: Any, weight_decay: float | jax.Array, *, mask: Mask = None) -> jax.Array:
-    """The weight-decay term ``0.5 * weight_decay * sum(w**2)`` over the weights.
+    r"""The weight-decay term ``0.5 * weight_decay * sum(w**2)`` over the weights.
+
+    .. math::
+
+        \frac{\lambda}{2} \sum_i \lVert W_i \rVert^2
 
     By default only leaves with ``ndim >= 2`` count (dense matrices, conv
     kernels), as in the textbook, which decays ``W`` but not biases or
@@ -226,11 +260,14 @@ def l2_penalty(params: Any, weight_decay: float | jax.Array, *, mask: Mask = Non
     dtype = jnp.result_type(jnp.float32, *(p.dtype for p in leaves))
     if not leaves or (not is_traced(weight_decay) and weight_decay == 0):
         return jnp.zeros((), dtype)
-    return _penalty(leaves, weight_decay, dtype=dtype)
+    penalty: jax.Array = _penalty(leaves, weight_decay, dtype=dtype)
+    return penalty
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
-def _penalty(leaves, weight_decay, *, dtype):
+def _penalty(
+    leaves: list[jax.Array], weight_decay: jax.Array, *, dtype: np.dtype[Any]
+) -> jax.Array:
     # Sum in at least float32: bfloat16 weights would lose most of the total.
     total = sum(jnp.sum(jnp.square(p.astype(dtype))) for p in leaves)
     return (0.5 * weight_decay * total).astype(dtype)

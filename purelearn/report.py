@@ -14,7 +14,9 @@ import os
 import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from purelearn import _checks
 from purelearn.experiments import EXPERIMENTS, Experiment, Verdict
 
 __all__ = ["write_report", "safe_verdict", "figure_path"]
@@ -48,12 +50,15 @@ table.toc td, table.toc th { text-align: left; }
 """
 
 
-def figure_path(out_dir: str | os.PathLike, name: str) -> pathlib.Path:
+def figure_path(out_dir: str | os.PathLike[str], name: str) -> pathlib.Path:
     """Where experiment ``name``'s figure lives in ``out_dir``."""
+    out_dir = _checks.file_path("out_dir", out_dir)
+    if not isinstance(name, str) or not name or os.sep in name or name in (".", ".."):
+        raise ValueError(f"name must be an experiment's name, got {name!r}")
     return pathlib.Path(out_dir) / f"{name}.png"
 
 
-def safe_verdict(record: Experiment, result: Mapping) -> Verdict:
+def safe_verdict(record: Experiment, result: Mapping[str, Any]) -> Verdict:
     """The record's verdict, or an unjudged one naming the error when the result cannot
     be judged (a hand-edited or truncated JSON)."""
     try:
@@ -112,7 +117,7 @@ def _anchor(name: str) -> str:
     return "exp-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
-def _seconds(result: Mapping) -> float | None:
+def _seconds(result: Mapping[str, Any]) -> float | None:
     try:
         return float(result["seconds"])
     except (KeyError, TypeError, ValueError):
@@ -120,8 +125,8 @@ def _seconds(result: Mapping) -> float | None:
 
 
 def write_report(
-    results: Mapping[str, Mapping],
-    out_dir: str | os.PathLike,
+    results: Mapping[str, Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
     *,
     render_missing: bool = True,
     title: str = "purelearn: the experiments of chapter 6",
@@ -140,7 +145,12 @@ def write_report(
     from purelearn import plotting
 
     registry = EXPERIMENTS if experiments is None else experiments
-    out = pathlib.Path(out_dir)
+    render_missing = _checks.boolean("render_missing", render_missing)
+    if not isinstance(results, Mapping) or not all(
+        isinstance(r, Mapping) for r in results.values()
+    ):
+        raise ValueError(f"results must map experiment names to result dicts, got {results!r}")
+    out = pathlib.Path(_checks.file_path("out_dir", out_dir))
     out.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     names = [n for n in registry if n in results] + [n for n in results if n not in registry]

@@ -60,7 +60,7 @@ dict of plain values:
   improved (a monitored loss that was never finite: the untrained state is
   returned, and the row's numbers are the last trained epoch's).
 
-:meth:`SearchResults.table` prints them; :func:`purelearn.plotting.search_figure`
+:meth:`purelearn.SearchResults.table` prints them; :func:`purelearn.plotting.search_figure`
 draws the best curves as the textbook's Figure 6-24 does.
 """
 
@@ -70,9 +70,8 @@ import dataclasses
 import inspect
 import itertools
 import math
-import numbers
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -83,6 +82,7 @@ from purelearn import _checks
 from purelearn.early_stopping import METRICS, EarlyStopping
 from purelearn.models import Model
 from purelearn.training import check_data
+from purelearn.training.data import ArrayPair
 from purelearn.training.trials import Settings, chunk_width, run_trials
 
 __all__ = [
@@ -119,7 +119,7 @@ RESULT_FIELDS = (
 
 def _check_bounds(low: float, high: float, *, positive: bool) -> None:
     for name, value in (("low", low), ("high", high)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        if not _checks.is_real(value):  # NumPy scalars and 0-d arrays count, bools do not
             raise ValueError(f"{name} must be a real number, got {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}")
@@ -139,10 +139,13 @@ class Distribution:
     high: float
     log: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.log, bool):
             raise ValueError(f"log must be True or False, got {self.log!r}")
         _check_bounds(self.low, self.high, positive=self.log)
+        # plain floats from here: a 0-d array bound would make every sample an array
+        object.__setattr__(self, "low", float(self.low))
+        object.__setattr__(self, "high", float(self.high))
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` float64 samples in ``[low, high]``."""
@@ -335,7 +338,9 @@ def _numpy_rng(key: jax.Array) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).ravel().tolist())
 
 
-def _sample(dists: Mapping[str, Distribution], rng: np.random.Generator, n: int) -> dict:
+def _sample(
+    dists: Mapping[str, Distribution], rng: np.random.Generator, n: int
+) -> dict[str, np.ndarray]:
     """Trial ``i``'s values come from row ``i`` of one draw, so they do not depend on
     ``n``: a longer search extends a shorter one with the same key."""
     u = rng.random((n, len(dists)))
@@ -367,7 +372,9 @@ class _Search:
     max_parallel: int | None
     width: int | None = None  # trials per vmapped call for every run, if set
 
-    def run(self, numeric: Mapping[str, Any], static: Mapping[str, Any], keys: jax.Array) -> dict:
+    def run(
+        self, numeric: Mapping[str, Any], static: Mapping[str, Any], keys: jax.Array
+    ) -> dict[str, np.ndarray]:
         """Curves (name -> ``(trials, epochs)`` NumPy array) of the trials in ``keys``' order,
         trained by :func:`~purelearn.training.trials.run_trials` (without the per-step
         losses: more than a search reports)."""
@@ -390,8 +397,8 @@ class _Search:
 def _prepare(
     model: Model,
     optimizer_factory: OptimizerFactory,
-    train_data: Batch,
-    val_data: Batch,
+    train_data: ArrayPair,
+    val_data: ArrayPair,
     *,
     epochs: int,
     batch_size: int,
@@ -409,7 +416,10 @@ def _prepare(
                 f"early_stopping must be a pl.EarlyStopping(...) or None, got {early_stopping!r}"
             )
         early_stopping.watched(has_eval=True)
+    if val_data is None:  # check_data takes None (no evaluation); a search cannot rank without
+        raise ValueError("val_data must be a pair (x, y) of validation data, got None")
     data, val = check_data(model, train_data, val_data, batch_size=batch_size, eval_name="val_data")
+    assert val is not None  # (for mypy: a pair in, a pair out)
     return _Search(
         model, optimizer_factory, data, val, epochs, batch_size, early_stopping, max_parallel
     )
@@ -418,7 +428,7 @@ def _prepare(
 # -- results -----------------------------------------------------------------------
 
 
-class SearchResults(list):
+class SearchResults(list[dict[str, Any]]):
     """A search's result rows (dicts), best first, with a few helpers.
 
     A plain ``list`` of dicts otherwise: ``results[0]["val_acc"]``, slicing
@@ -433,7 +443,7 @@ class SearchResults(list):
     """
 
     @property
-    def best(self) -> dict:
+    def best(self) -> dict[str, Any]:
         """The best row."""
         if not self:
             raise ValueError("no results")
@@ -451,7 +461,7 @@ class SearchResults(list):
         """The names of the searched hyperparameters."""
         return hyperparameter_names(self[0]) if self else []
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[dict[str, Any]]:
         """Rows as JSON-ready dicts: non-finite numbers become None (JSON has no NaN)."""
         return [_json_ready(row) for row in self]
 
@@ -498,7 +508,7 @@ def _outcome(curves: Mapping[str, np.ndarray], i: int) -> _Outcome:
 
 
 def _rows(
-    values: Mapping[str, Sequence[Any]], curves: Mapping[str, np.ndarray], stopping: bool
+    values: Mapping[str, _Column], curves: Mapping[str, np.ndarray], stopping: bool
 ) -> SearchResults:
     """One row per trial, ranked: finite trials by validation accuracy (the last
     trained epoch's, or with ``restore_best`` the restored epoch's), then diverged
@@ -531,11 +541,15 @@ def _rows(
     return SearchResults(rows)
 
 
+#: one hyperparameter's values, one per trial
+_Column = Sequence[Any] | np.ndarray
+
+
 def _per_trial(fixed: Mapping[str, Any], n: int) -> dict[str, list[Any]]:
     return {name: [value] * n for name, value in fixed.items()}
 
 
-def _numeric(values: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+def _numeric(values: Mapping[str, _Column]) -> dict[str, np.ndarray]:
     return {name: np.asarray(v, np.float64) for name, v in values.items() if not _is_static(v[0])}
 
 
@@ -545,8 +559,8 @@ def _numeric(values: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
 def random_search(
     model: Model,
     optimizer_factory: OptimizerFactory,
-    train_data: Batch,
-    val_data: Batch,
+    train_data: ArrayPair,
+    val_data: ArrayPair,
     *,
     space: Mapping[str, Any],
     num_trials: int,
@@ -609,7 +623,10 @@ def random_search(
         max_parallel=max_parallel,
         early_stopping=early_stopping,
     )
-    values = {**_sample(dists, _numpy_rng(key), num_trials), **_per_trial(fixed, num_trials)}
+    values: dict[str, _Column] = {
+        **_sample(dists, _numpy_rng(key), num_trials),
+        **_per_trial(fixed, num_trials),
+    }
     static = {name: v for name, v in fixed.items() if _is_static(v)}
     curves = search.run(_numeric(values), static, jax.random.split(key, num_trials))
     return _rows(values, curves, early_stopping is not None)
@@ -618,8 +635,8 @@ def random_search(
 def grid_search(
     model: Model,
     optimizer_factory: OptimizerFactory,
-    train_data: Batch,
-    val_data: Batch,
+    train_data: ArrayPair,
+    val_data: ArrayPair,
     *,
     grid: Mapping[str, Sequence[Any]],
     epochs: int,
@@ -668,7 +685,7 @@ def grid_search(
             f"grid[{mixed[0]!r}] mixes numbers with bools/strings/None: {lists[mixed[0]]!r}"
         )
     # Trials that share their static settings train as one program; results keep trial order.
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for i, point in enumerate(points):
         combo = tuple((n, point[list(lists).index(n)]) for n in static_names)
         groups.setdefault(combo, []).append(i)
@@ -686,8 +703,8 @@ def grid_search(
 def bayes_search(
     model: Model,
     optimizer_factory: OptimizerFactory,
-    train_data: Batch,
-    val_data: Batch,
+    train_data: ArrayPair,
+    val_data: ArrayPair,
     *,
     space: Mapping[str, Any],
     num_trials: int,
@@ -750,7 +767,7 @@ def bayes_search(
                 raise ImportError(
                     "sampler='gp' needs PyTorch and SciPy: pip install torch scipy"
                 ) from err
-            chosen = optuna.samplers.GPSampler(seed=seed)
+            chosen: optuna.samplers.BaseSampler = optuna.samplers.GPSampler(seed=seed)
         else:
             chosen = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     # Every batch (the last one padded) is as wide as the first: one compiled program.
@@ -812,6 +829,16 @@ def hyperparameter_names(result: Mapping[str, Any]) -> list[str]:
     return [name for name in result if name not in RESULT_FIELDS]
 
 
+def result_rows(results: Any) -> list[Mapping[str, Any]]:
+    """``results`` as a list of result rows (mappings), else a ``ValueError`` naming it."""
+    if isinstance(results, str | bytes | Mapping) or not isinstance(results, Iterable):
+        raise ValueError(f"results must be a list of result dicts, got {results!r}")
+    rows = list(results)
+    if not all(isinstance(r, Mapping) for r in rows):
+        raise ValueError(f"results must be a list of result dicts, got {rows!r}")
+    return rows
+
+
 def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
     """The first ``k`` results as a plain-text table (rank, hyperparameters, accuracies).
 
@@ -824,7 +851,7 @@ def top_k_table(results: Sequence[Mapping[str, Any]], k: int = 10) -> str:
          1           0.01   0.9000     0.9500
     """
     _checks.positive_int("k", k)
-    rows = list(results)[:k]
+    rows = result_rows(results)[:k]
     if not rows:
         return "(no results)"
     names = hyperparameter_names(rows[0])

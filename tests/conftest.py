@@ -13,10 +13,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from hypothesis import HealthCheck, settings
 
 from purelearn._cache import enable_compilation_cache
 
 _cache_dir = enable_compilation_cache()
+
+# Hypothesis profiles. "quick" is loaded by default: derandomized (the same examples every
+# run, so CI is reproducible) and without an example database. "deep" draws 10x the examples
+# at random: `python -m pytest tests/fuzz --hypothesis-profile=deep`. The fuzz registry
+# (tests/fuzz) runs max_examples / 20 examples per entry (times the entry's weight).
+settings.register_profile(
+    "quick",
+    max_examples=100,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "deep", settings.get_profile("quick"), max_examples=1000, derandomize=False
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 # Subprocesses the tests start (multi-device, multi-process, the command line) read these.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache_dir))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -520,11 +520,22 @@ def test_packed_steps_equal_pytree_steps(name):
 
 
 def test_packed_elementwise_steps_without_decay_are_bit_for_bit():
-    for optimizer in (pl.sgd(0.1), pl.momentum(0.05), pl.adam(0.01), pl.rmsprop(0.01)):
+    for optimizer in (pl.sgd(0.1), pl.momentum(0.05)):
         model = pl.mlp([5, 8, 8, 3])
         flat, _ = run_steps(model, optimizer, "contiguous", weight_decay=0.0)
         tree, _ = run_steps(model, optimizer, "pytree", weight_decay=0.0)
         assert trees_equal(readable(flat)[1], tree.params)
+
+
+def test_packed_second_moment_steps_agree_to_the_last_bits():
+    # Adam's and RMSProp's saturating second moment (and Adam's bias correction
+    # over all leaves at once, as optax's) compile to other fusions on a packed
+    # buffer, so the last bit may differ: why packing is opt-in, not the default.
+    for optimizer in (pl.adam(0.01), pl.rmsprop(0.01)):
+        model = pl.mlp([5, 8, 8, 3])
+        flat, _ = run_steps(model, optimizer, "contiguous", weight_decay=0.0)
+        tree, _ = run_steps(model, optimizer, "pytree", weight_decay=0.0)
+        assert_trees_close(readable(flat)[1], tree.params, rtol=1e-6, atol=1e-7)
 
 
 def test_batch_norm_steps_equal_pytree_steps():

@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from purelearn import plotting, report
 from purelearn.experiments import EXPERIMENTS, Experiment, Verdict
@@ -361,3 +363,84 @@ def test_every_record_draws_its_figure_from_a_dropout_like_result(tmp_path):
     assert all(len(ax.collections) == 2 for ax in visible)  # train and test bands
     new = dataclasses.replace(EXPERIMENTS["dropout"], name="d2")
     assert new.figure is EXPERIMENTS["dropout"].figure
+
+
+# -- diverged runs ---------------------------------------------------------------
+
+
+def _synthetic_batchnorm_result(diverged_plain):
+    scales = [1.0, 0.01]
+    flat = [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]
+    return {
+        "weight_scales": scales,
+        "train_acc_bn": [[0.3, 0.6, 0.9], [0.2, 0.5, 0.8]],
+        "train_acc_plain": [[0.1, 0.0, 0.0], [0.1, 0.1, 0.1]],
+        "diverged_bn": [None, None],
+        "diverged_plain": diverged_plain,
+        "per_seed": {
+            "train_acc_bn": [[[0.3, 0.6, 0.9], [0.2, 0.5, 0.8]]],
+            "train_acc_plain": [[[0.1, 0.0, 0.0], flat[1]]],
+            "diverged_bn": [[None, None]],
+            "diverged_plain": [diverged_plain],
+        },
+        "epochs": 3,
+        "eps": 1e-6,
+        "seeds": [0],
+        "data": "synthetic",
+        "quick": True,
+        "seconds": 0.0,
+    }
+
+
+def test_a_diverged_run_is_marked_in_the_figure_verdict_and_table():
+    from purelearn.experiments import EXPERIMENTS
+    from purelearn.plotting import DIVERGED
+
+    record = EXPERIMENTS["batchnorm"]
+    result = _synthetic_batchnorm_result([2, None])
+    assert set(result) == set(record.schema.__annotations__)
+    fig = record.figure(result)
+    legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert DIVERGED in legend_labels
+    first = fig.axes[0]
+    markers = [ln for ln in first.get_lines() if ln.get_label() == DIVERGED]
+    assert len(markers) == 1 and markers[0].get_xdata()[0] == 2
+    # the plain curve stops where the run diverged: no flat line at 0 after it
+    plain = next(ln for ln in first.get_lines() if ln.get_label() == "Normal (without BN)")
+    assert np.isnan(np.asarray(plain.get_ydata(), float)[1:]).all()
+    assert not any(ln.get_label() == DIVERGED for ln in fig.axes[1].get_lines())
+    assert "diverged" in record.verdict(result).reason
+    head, rows = record.table(result)
+    col = head.index("scales plain diverged")
+    assert rows[0][col] == "1"
+
+
+def test_no_diverged_run_no_marker_and_old_results_still_draw():
+    from purelearn.experiments import EXPERIMENTS
+    from purelearn.plotting import DIVERGED
+
+    record = EXPERIMENTS["batchnorm"]
+    result = _synthetic_batchnorm_result([None, None])
+    fig = record.figure(result)
+    assert DIVERGED not in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "diverged" not in record.verdict(result).reason
+    # a result written before divergence was recorded has no such keys
+    old = {k: v for k, v in result.items() if not k.startswith("diverged")}
+    old["per_seed"] = {k: v for k, v in result["per_seed"].items() if "diverged" not in k}
+    record.figure(old)
+    assert record.table(old)[1][0][record.table(old)[0].index("scales plain diverged")] == "0"
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(1, 5)), min_size=1, max_size=4))
+@example([1])
+@example([None])
+@settings(max_examples=20, deadline=None)
+def test_diverged_epochs_finds_the_first_non_finite_loss(epochs):
+    from purelearn.experiments._common import diverged_epochs
+
+    loss = np.ones((len(epochs), 5))
+    for i, e in enumerate(epochs):
+        if e is not None:
+            loss[i, e - 1] = np.nan
+            loss[i, e:] = np.inf
+    assert diverged_epochs(loss) == epochs

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import purelearn as pl
@@ -371,10 +371,10 @@ def test_bad_broadcast_dims_are_value_errors_naming_them(dims, message):
         pl.dropout(KEY, np.ones((2, 3, 4), np.float32), 0.5, broadcast_dims=dims)
 
 
-def test_broadcast_dims_may_be_negative_or_one_int():
+def test_broadcast_dims_may_be_negative_numpy_ints_in_a_sequence():
     x = np.ones((4, 6, 8), np.float32)
     want = pl.dropout(KEY, x, 0.5, broadcast_dims=(1,))
-    np.testing.assert_array_equal(pl.dropout(KEY, x, 0.5, broadcast_dims=-2), want)
+    np.testing.assert_array_equal(pl.dropout(KEY, x, 0.5, broadcast_dims=(-2,)), want)
     np.testing.assert_array_equal(pl.dropout(KEY, x, 0.5, broadcast_dims=[np.int64(1)]), want)
     kept = np.asarray(want) != 0
     assert np.all(kept == kept[:, :1, :])
@@ -464,3 +464,22 @@ def test_bad_params_leaves_and_keys_are_value_errors():
     # An int seed is a key (jax.random.key(seed)).
     x = np.ones(50, np.float32)
     np.testing.assert_array_equal(pl.dropout(3, x, 0.5), pl.dropout(jax.random.key(3), x, 0.5))
+
+
+@settings(max_examples=20, deadline=None)
+@given(dim=st.integers(-5, 5), numpy=st.booleans())
+@example(dim=1, numpy=False)
+def test_one_int_broadcast_dims_is_a_type_error_as_in_flax(dim, numpy):
+    # flax.linen.Dropout iterates over broadcast_dims: it takes a sequence only
+    bad = np.int64(dim) if numpy else dim
+    with pytest.raises(TypeError, match=rf"broadcast_dims must be a tuple.*got the int {dim}"):
+        pl.dropout(KEY, np.ones((2, 3), np.float32), 0.5, broadcast_dims=bad)
+
+
+@given(dim=st.integers(-20, 20).filter(lambda d: not -3 <= d < 3))
+@example(dim=3)
+@example(dim=-4)
+@settings(max_examples=20, deadline=None)
+def test_out_of_range_broadcast_dims_is_a_value_error_naming_it(dim):
+    with pytest.raises(ValueError, match=rf"broadcast_dims=\({dim},\) is out of range"):
+        pl.dropout(KEY, np.ones((2, 3, 4), np.float32), 0.5, broadcast_dims=(dim,))

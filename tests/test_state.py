@@ -413,3 +413,29 @@ def test_a_hand_built_state_that_holds_an_array_twice_still_steps():
     oracle, _ = pl.make_train_step(MODEL, opt, donate=False)(by_hand, x, y)
     stepped, _ = pl.make_train_step(MODEL, opt)(by_hand, x, y)
     assert trees_equal(stepped, oracle)
+
+
+# -- the argument checks of TrainState.create ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "words"),
+    [("adam", r"pl\.adam\(\.\.\.\)"), (0.1, "got float 0.1"), (None, "got NoneType None")],
+)
+def test_create_with_a_non_optimizer_is_a_type_error_naming_optimizer(optimizer, words):
+    with pytest.raises(TypeError, match=r"optimizer must be an optax GradientTransformation"):
+        pl.TrainState.create(pl.mlp([4, 3]), optimizer, 0)
+    with pytest.raises(ValueError, match=words):  # still a ValueError, as before
+        pl.TrainState.create(pl.mlp([4, 3]), optimizer, 0)
+
+
+@pytest.mark.parametrize("model", ["mlp", object(), (1, 2), None])
+def test_create_with_a_non_model_is_a_type_error_naming_model(model):
+    with pytest.raises(TypeError, match=r"model must be a purelearn Model: pass pl\.mlp"):
+        pl.TrainState.create(model, pl.adam(), 0)
+
+
+@pytest.mark.parametrize("key", ["0", 1.5, None, True, -1, 2**32])
+def test_create_with_a_bad_key_names_key(key):
+    with pytest.raises(ValueError, match=r"key"):
+        pl.TrainState.create(pl.mlp([4, 3]), pl.adam(), key)

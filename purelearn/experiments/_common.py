@@ -14,31 +14,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from purelearn import _checks
+from purelearn._types import Figure
 from purelearn.datasets import load_mnist
 from purelearn.early_stopping import METRICS
 from purelearn.models import Model
-from purelearn.training.trials import Settings, run_trials
+from purelearn.training.data import ArrayPair, Batch
 
-# The experiments import the runner's chunking from here.
+# The experiments import the runner's settings and chunking from here.
+from purelearn.training.trials import Settings as Settings
 from purelearn.training.trials import chunk_width as chunk_width
 from purelearn.training.trials import in_chunks as in_chunks
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
+from purelearn.training.trials import run_trials
 
 #: The largest seed: ``jax.random.key`` (without x64) keeps only a seed's low
 #: 32 bits, so ``2**32`` would silently repeat seed 0.
 MAX_SEED = 2**32 - 1
 
 Table = tuple[list[str], list[list[str]]]
+#: numbers as a list or a NumPy array
+Floats = Sequence[float] | np.ndarray
 
 
 class SeedCheck(NamedTuple):
@@ -89,14 +92,24 @@ class Experiment:
     conclusion: str
     order: int
     run: Callable[..., Any]
-    figure: Callable[[Mapping], Figure]
-    verdict: Callable[[Mapping], Verdict]
-    table: Callable[[Mapping], Table]
+    figure: Callable[[Mapping[str, Any]], Figure]
+    verdict: Callable[[Mapping[str, Any]], Verdict]
+    table: Callable[[Mapping[str, Any]], Table]
     schema: type
     explanation: str = ""
     seeded: bool = True
 
     def __call__(self, **kwargs: Any) -> Any:
+        # A falsy non-bool ``quick`` (None, 0) would silently run the full-length experiment.
+        if "quick" in kwargs:
+            kwargs["quick"] = _checks.boolean("quick", kwargs["quick"])
+        data = kwargs.get("data", "auto")
+        # checked here too: experiments that train on no MNIST would ignore a bad one
+        if not isinstance(data, str | os.PathLike) or (
+            data not in ("auto", "embedded") and not os.path.isdir(data)
+        ):
+            raise ValueError(f"data must be 'auto', 'embedded' or a directory, got {data!r}")
+        seed_list(kwargs.get("seed", 0), kwargs.get("seeds", 1))
         return self.run(**kwargs)
 
 
@@ -127,7 +140,7 @@ def keys_of(seeds: Sequence[int]) -> jax.Array:
 # -- data --------------------------------------------------------------------------
 
 
-def mnist(data: str):
+def mnist(data: str) -> tuple[Batch, Batch, str]:
     """``(x, y), (xt, yt)`` as device arrays, and a one-line description."""
     (x, y), (xt, yt) = load_mnist(data)
     kind = "embedded MNIST sample" if len(x) == 4000 else "MNIST"
@@ -138,14 +151,14 @@ def mnist(data: str):
     )
 
 
-def subset(x, y, n: int, seed: int):
+def subset(x: jax.Array, y: jax.Array, n: int, seed: int) -> Batch:
     """``n`` examples drawn without replacement (the textbook's ``x_train[:n]``
     after a shuffle, so every digit appears)."""
     idx = np.random.default_rng(seed).permutation(len(x))[:n]
     return x[idx], y[idx]
 
 
-def subsets(x, y, n: int, seeds: Sequence[int]):
+def subsets(x: jax.Array, y: jax.Array, n: int, seeds: Sequence[int]) -> Batch:
     """:func:`subset` for every seed, stacked: ``(len(seeds), n, ...)``."""
     idx = np.stack([np.random.default_rng(s).permutation(len(x))[:n] for s in seeds])
     return x[idx], y[idx]
@@ -157,11 +170,11 @@ def subsets(x, y, n: int, seeds: Sequence[int]):
 def train_over(
     model: Model,
     optimizer: Any,
-    data: tuple[jax.Array, jax.Array],
+    data: ArrayPair,
     *,
     keys: jax.Array,
     settings: Settings,
-    eval_data: tuple[jax.Array, jax.Array] | None = None,
+    eval_data: ArrayPair | None = None,
     weight_decay: np.ndarray | None = None,
     hparams: Mapping[str, np.ndarray] | None = None,
     shared_data: bool = True,
@@ -192,9 +205,27 @@ def train_over(
     )
 
 
-def round_list(a: Any, digits: int = 4) -> list:
+def diverged_epochs(loss: Any) -> list[Any]:
+    """For curves of per-epoch losses (last axis: epochs), the 1-based epoch at which
+    each run's loss first became non-finite, ``None`` for a run that never did; nested
+    like the leading axes.
+
+    A diverged run's accuracy is that of NaN logits (every prediction counted wrong),
+    which a figure would show as a run that does not learn: this says it diverged.
+
+    >>> diverged_epochs([[0.5, 0.4, 0.3], [0.5, float("nan"), float("nan")]])
+    [None, 2]
+    """
+    bad = ~np.isfinite(np.asarray(loss, dtype=float))
+    first = np.where(bad.any(axis=-1), bad.argmax(axis=-1) + 1, 0)
+    out: list[Any] = np.vectorize(lambda e: int(e) or None, otypes=[object])(first).tolist()
+    return out
+
+
+def round_list(a: Any, digits: int = 4) -> list[Any]:
     """A NumPy array as nested lists of floats rounded to ``digits``."""
-    return np.round(np.asarray(a, np.float64), digits).tolist()
+    rounded: list[Any] = np.round(np.asarray(a, np.float64), digits).tolist()
+    return rounded
 
 
 def train_test_curves(curves: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -221,7 +252,7 @@ def seed_curves(curves: Mapping[str, np.ndarray]) -> dict[str, Any]:
 # -- numbers and verdicts -----------------------------------------------------------
 
 
-def tail_mean(values: Sequence[float], fraction: float = 0.1, cap: int | None = None) -> float:
+def tail_mean(values: Floats, fraction: float = 0.1, cap: int | None = None) -> float:
     """Mean of the last ``fraction`` of ``values`` (at least one, at most ``cap``).
 
     >>> tail_mean([0.0] * 90 + [1.0] * 10)
@@ -236,7 +267,7 @@ def tail_mean(values: Sequence[float], fraction: float = 0.1, cap: int | None = 
     return float(np.mean(v[-k:]))
 
 
-def head_mean(values: Sequence[float], fraction: float = 0.1) -> float:
+def head_mean(values: Floats, fraction: float = 0.1) -> float:
     """Mean of the first ``fraction`` of ``values`` (at least one)."""
     v = np.asarray(values, dtype=float)
     return float(np.mean(v[: max(1, round(v.size * fraction))])) if v.size else float("nan")
@@ -277,6 +308,8 @@ def clear_majority(agreeing: int, seeds: int) -> bool:
     >>> [clear_majority(k, 3) for k in range(4)]
     [False, False, True, True]
     """
+    agreeing = _checks.nonnegative_int("agreeing", agreeing)
+    seeds = _checks.nonnegative_int("seeds", seeds)
     return seeds > 0 and 3 * agreeing >= 2 * seeds
 
 
@@ -299,7 +332,7 @@ def column(checks: Sequence[SeedCheck], name: str) -> list[float]:
 
 
 def seed_table(
-    seeds: Sequence[int], checks: Sequence[SeedCheck], columns: Sequence[tuple]
+    seeds: Sequence[int], checks: Sequence[SeedCheck], columns: Sequence[tuple[Any, ...]]
 ) -> Table:
     """The per-seed table: one row per seed (its numbers and whether it agrees), then
     the mean ± std over the seeds. ``columns`` are ``(number name, heading)`` or

@@ -4,11 +4,14 @@ named runs over seeds with the textbook's loop, their figure and their numbers."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
+import jax
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Settings,
     head_mean,
@@ -16,14 +19,22 @@ from purelearn.experiments._common import (
     tail_mean,
     train_over,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
+from purelearn.models import Model
+from purelearn.training.data import ArrayPair
 
 
 class LossPerSeed(TypedDict):
     loss: dict[str, list[list[float]]]  # name -> [seed][step]
     test_accuracy: dict[str, list[float]]  # name -> [seed]
+
+
+class LossCurves(TypedDict):
+    """What :func:`compare_loss_curves` measures: the first seed's curves, every seed's."""
+
+    loss: dict[str, list[float]]
+    test_accuracy: dict[str, float]
+    iterations: int
+    per_seed: LossPerSeed
 
 
 class LossResult(TypedDict):
@@ -40,7 +51,14 @@ class LossResult(TypedDict):
     seconds: float
 
 
-def compare_loss_curves(runs, data, *, iterations: int, keys, desc: str) -> dict[str, Any]:
+def compare_loss_curves(
+    runs: Mapping[str, tuple[Model, optax.GradientTransformation]],
+    data: tuple[ArrayPair, ArrayPair],
+    *,
+    iterations: int,
+    keys: jax.Array,
+    desc: str,
+) -> LossCurves:
     """Train each ``name -> (model, optimizer)`` with the textbook's iteration loop, for
     every key (seed) as one vmapped program per name.
 
@@ -64,7 +82,7 @@ def compare_loss_curves(runs, data, *, iterations: int, keys, desc: str) -> dict
     }
 
 
-def summary(result: Mapping, name: str, i: int) -> tuple[float, float, float]:
+def summary(result: Mapping[str, Any], name: str, i: int) -> tuple[float, float, float]:
     """Seed ``i``'s (initial, final, mean) loss of run ``name``; the ends are means of
     the first and last 10% of the steps."""
     loss = np.asarray(result["per_seed"]["loss"][name][i], dtype=float)
@@ -72,7 +90,7 @@ def summary(result: Mapping, name: str, i: int) -> tuple[float, float, float]:
 
 
 def loss_figure(
-    result: Mapping,
+    result: Mapping[str, Any],
     *,
     ylim: tuple[float, float],
     markers: Mapping[str, str],

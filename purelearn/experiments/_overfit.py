@@ -5,11 +5,12 @@ trained over seeds; their per-seed gaps and their figure."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 import jax
 import numpy as np
 
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Settings,
     keys_of,
@@ -21,9 +22,7 @@ from purelearn.experiments._common import (
 )
 from purelearn.models import Model
 from purelearn.optimizers import sgd
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
+from purelearn.training.data import ArrayPair, Batch
 
 SIZES = [784, 100, 100, 100, 100, 100, 100, 10]
 TRAIN_SIZE = 300
@@ -40,15 +39,15 @@ class SeedRun(TypedDict):
     test_acc: list[list[float]]
 
 
-def overfit_data(x, y, seeds: Sequence[int]):
+def overfit_data(x: jax.Array, y: jax.Array, seeds: Sequence[int]) -> Batch:
     """Every seed's 300 training images, stacked."""
     return subsets(x, y, TRAIN_SIZE, seeds)
 
 
 def overfit_runs(
     model: Model,
-    train,
-    test,
+    train: ArrayPair,
+    test: ArrayPair,
     *,
     seeds: Sequence[int],
     epochs: int,
@@ -82,7 +81,11 @@ def overfit_runs(
 def first_and_per_seed(curves: Mapping[str, np.ndarray]) -> tuple[Run, SeedRun]:
     """The first seed's run JSON and every seed's train/test curves."""
     first = {k: v[0] for k, v in curves.items()}
-    return train_test_curves(first), seed_curves(curves)
+    run, seeds = train_test_curves(first), seed_curves(curves)
+    return (
+        Run(train_acc=run["train_acc"], test_acc=run["test_acc"], history=run["history"]),
+        SeedRun(train_acc=seeds["train_acc"], test_acc=seeds["test_acc"]),
+    )
 
 
 def gaps(per_seed_runs: Mapping[str, SeedRun], i: int) -> dict[str, tuple[float, float, float]]:

@@ -11,17 +11,19 @@ Every seed draws its own inputs and weights; the figure pools the seeds.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TypedDict
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from purelearn import initializers
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
     SeedCheck,
+    Table,
     Verdict,
     column,
     pm,
@@ -29,8 +31,13 @@ from purelearn.experiments._common import (
     seed_table,
     verdict_over,
 )
+from purelearn.initializers import Initializer
 
-ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "relu": jax.nn.relu}
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+}
 INITS = {
     "std=1": initializers.normal(1.0),
     "std=0.01": initializers.normal(0.01),
@@ -75,7 +82,15 @@ class ActivationsResult(TypedDict):
     seconds: float
 
 
-def activations(key, activation, init, *, samples=1000, width=100, layers=5) -> jax.Array:
+def activations(
+    key: jax.Array,
+    activation: Callable[[jax.Array], jax.Array],
+    init: Initializer,
+    *,
+    samples: int = 1000,
+    width: int = 100,
+    layers: int = 5,
+) -> jax.Array:
     """The ``(layers, samples, width)`` activations of the stack."""
     input_key, *layer_keys = jax.random.split(key, layers + 1)
     x = jax.random.normal(input_key, (samples, width))
@@ -149,7 +164,7 @@ def run(
     )
 
 
-def check(result: Mapping, i: int) -> SeedCheck:
+def check(result: Mapping[str, Any], i: int) -> SeedCheck:
     """Seed ``i`` agrees when, at layer 5, sigmoid and tanh with std 1 have most values in
     the outer 10% of their range, with std 0.01 a std under 5% of the range, with Xavier
     neither; and for ReLU, std(layer 5) / std(layer 1) is within [0.5, 2] for He and under
@@ -187,7 +202,7 @@ _COLUMNS = [
 ]
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     return verdict_over(
         checks,
@@ -202,7 +217,7 @@ def verdict(result: Mapping) -> Verdict:
     )
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     return seed_table(result["seeds"], checks, _COLUMNS)
 
@@ -213,7 +228,7 @@ def _g2(x: float) -> str:
     return f"{v + 0.0 if v else 0.0:.2g}"
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     from purelearn.plotting import histogram, new_figure
 
     settings = result.get("pooled") or result["settings"]
@@ -268,3 +283,5 @@ EXPERIMENT = Experiment(
     table=table,
     schema=ActivationsResult,
 )
+
+__all__ = ["EXPERIMENT"]

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from tqdm.auto import tqdm
 
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
     SeedCheck,
+    Table,
     Verdict,
     column,
     mnist,
@@ -73,9 +75,9 @@ def run(*, seed: int = 0, seeds: int = 1, data: str = "auto", quick: bool = Fals
     (x, y), test, described = mnist(data)
     train = overfit_data(x, y, seed_values)
     epochs = 60 if quick else 200
-    out = {"runs": {}, "runs_inverted": {}}
-    per_seed = {"runs": {}, "runs_inverted": {}}
-    done = {}
+    out: dict[str, dict[str, Run]] = {"runs": {}, "runs_inverted": {}}
+    per_seed: dict[str, dict[str, SeedRun]] = {"runs": {}, "runs_inverted": {}}
+    done: dict[tuple[float, str | None], tuple[Run, SeedRun]] = {}
     settings = [(rate, form) for rate in RATES for form in FORMS]
     # The rate and the form decide the model's structure: each pair is its own program
     # (rate 0 has no dropout layer, so both forms share its run).
@@ -99,11 +101,11 @@ def run(*, seed: int = 0, seeds: int = 1, data: str = "auto", quick: bool = Fals
     )
 
 
-def check(result: Mapping, i: int) -> SeedCheck:
+def check(result: Mapping[str, Any], i: int) -> SeedCheck:
     """Seed ``i`` agrees when, in the book's form, the run without dropout overfits
     (gap at least 0.05, means of the last 10 epochs) and every rate > 0 has a smaller
     gap. The inverted form's numbers are reported beside it."""
-    numbers = {}
+    numbers: dict[str, float] = {}
     verdicts = {}
     for field, tag in (("runs", "book"), ("runs_inverted", "inverted")):
         g = gaps(result["per_seed"][field], i)
@@ -114,7 +116,7 @@ def check(result: Mapping, i: int) -> SeedCheck:
     return SeedCheck(verdicts["book"], numbers)
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     if checks[0].agrees is None:
         return verdict_over(checks, "", "the run needs one run without dropout and one with it")
@@ -141,7 +143,7 @@ def verdict(result: Mapping) -> Verdict:
     )
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     cols = [("book gap 0", "gap, no dropout")]
     for k in result["per_seed"]["runs"]:
@@ -160,7 +162,7 @@ def _describe(key: str) -> str:
     return "no dropout" if float(key) == 0 else f"dropout rate {key}"
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     return overfit_panels(
         [
             ("book's form (* q at test)", result["per_seed"]["runs"]),
@@ -202,3 +204,5 @@ EXPERIMENT = Experiment(
         'pl.mlp(..., dropout_scale="textbook") is the book\'s form.'
     ),
 )
+
+__all__ = ["EXPERIMENT"]

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from purelearn import optimizers
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
     SeedCheck,
+    Table,
     Verdict,
     column,
     keys_of,
@@ -26,7 +29,7 @@ from purelearn.experiments._common import (
 from purelearn.experiments._losses import LossResult, compare_loss_curves, loss_figure, summary
 from purelearn.models import mlp
 
-INITS = {"std=0.01": 0.01, "xavier": "xavier", "he": "he"}
+INITS: dict[str, str | float] = {"std=0.01": 0.01, "xavier": "xavier", "he": "he"}
 LABELS = {"std=0.01": "std=0.01", "xavier": "Xavier", "he": "He"}
 MARKERS = {"std=0.01": "o", "xavier": "s", "he": "D"}
 
@@ -56,7 +59,7 @@ def run(*, seed: int = 0, seeds: int = 1, data: str = "auto", quick: bool = Fals
     )
 
 
-def check(result: Mapping, i: int) -> SeedCheck:
+def check(result: Mapping[str, Any], i: int) -> SeedCheck:
     """Seed ``i`` agrees when std=0.01 keeps over 90% of its initial loss, Xavier and He
     end below 85% of theirs, and He's mean loss over the run is below Xavier's."""
     names = result["per_seed"]["loss"]
@@ -75,7 +78,7 @@ def check(result: Mapping, i: int) -> SeedCheck:
     return SeedCheck(agrees, numbers)
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     if checks[0].agrees is None:
         return verdict_over(checks, "", "the run lacks one of the std=0.01, Xavier, He curves")
@@ -90,7 +93,7 @@ def verdict(result: Mapping) -> Verdict:
     )
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     cols = [
         ("std=0.01 final", "std=0.01 final loss"),
@@ -102,7 +105,7 @@ def table(result: Mapping):
     return seed_table(result["seeds"], checks, cols)
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     return loss_figure(
         result,
         ylim=(0.0, 2.5),
@@ -127,3 +130,5 @@ EXPERIMENT = Experiment(
     table=table,
     schema=LossResult,
 )
+
+__all__ = ["EXPERIMENT"]

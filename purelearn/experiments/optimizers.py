@@ -8,14 +8,18 @@ hyperparameters. The textbook finds SGD the slowest learner.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+import optax
 
 from purelearn import optimizers as opt
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
     SeedCheck,
+    Table,
     Verdict,
     column,
     keys_of,
@@ -28,7 +32,7 @@ from purelearn.experiments._common import (
 from purelearn.experiments._losses import LossResult, compare_loss_curves, loss_figure, summary
 from purelearn.models import mlp
 
-OPTIMIZERS = {
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "SGD": opt.sgd,
     "Momentum": opt.momentum,
     "Nesterov": opt.nesterov,
@@ -70,7 +74,7 @@ def run(*, seed: int = 0, seeds: int = 1, data: str = "auto", quick: bool = Fals
     )
 
 
-def check(result: Mapping, i: int) -> SeedCheck:
+def check(result: Mapping[str, Any], i: int) -> SeedCheck:
     """Seed ``i`` agrees when SGD's final loss (mean of the last 10% of the steps) is
     the highest of all optimizers."""
     final = {name: summary(result, name, i)[1] for name in result["per_seed"]["loss"]}
@@ -80,14 +84,14 @@ def check(result: Mapping, i: int) -> SeedCheck:
     return SeedCheck(final["SGD"] > others, final)
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     names = list(result["per_seed"]["loss"])
     if "SGD" not in names:
         return verdict_over(checks, "", "the run has no SGD loss curve")
     means = {k: float(np.mean(column(checks, k))) for k in names}
-    runner_up = max((k for k in names if k != "SGD"), key=means.get)
-    best = min(names, key=means.get)
+    runner_up = max((k for k in names if k != "SGD"), key=means.__getitem__)
+    best = min(names, key=means.__getitem__)
     return verdict_over(
         checks,
         "SGD's final loss (mean of the last 10% of the steps) is the highest",
@@ -96,13 +100,13 @@ def verdict(result: Mapping) -> Verdict:
     )
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     cols = [(name, f"{name} final loss") for name in result["per_seed"]["loss"]]
     return seed_table(result["seeds"], checks, cols)
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     return loss_figure(
         result,
         ylim=(0.0, 1.0),
@@ -128,3 +132,5 @@ EXPERIMENT = Experiment(
     table=table,
     schema=LossResult,
 )
+
+__all__ = ["EXPERIMENT"]

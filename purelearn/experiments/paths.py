@@ -9,24 +9,27 @@ the same paths: the experiment runs once whatever ``seeds`` says.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from purelearn import optimizers
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
     SeedCheck,
+    Table,
     Verdict,
     fmt,
     seed_list,
     verdict_over,
 )
 
-SETTINGS = {
+SETTINGS: dict[str, tuple[Callable[..., optax.GradientTransformation], float]] = {
     "SGD": (optimizers.sgd, 0.95),
     "Momentum": (optimizers.momentum, 0.1),
     "AdaGrad": (optimizers.adagrad, 1.5),
@@ -53,14 +56,16 @@ def f(p: dict[str, jax.Array]) -> jax.Array:
     return p["x"] ** 2 / 20.0 + p["y"] ** 2
 
 
-def trajectory(optimizer, steps: int, start=START) -> np.ndarray:
+def trajectory(
+    optimizer: optax.GradientTransformation, steps: int, start: tuple[float, float] = START
+) -> np.ndarray:
     """The ``steps + 1`` positions visited, as a ``(steps + 1, 2)`` array."""
 
     @jax.jit
-    def run():
+    def run() -> jax.Array:
         params = {"x": jnp.float32(start[0]), "y": jnp.float32(start[1])}
 
-        def step(carry, _):
+        def step(carry: tuple[Any, Any], _: None) -> tuple[tuple[Any, Any], jax.Array]:
             params, state = carry
             updates, state = optimizer.update(jax.grad(f)(params), state, params)
             params = jax.tree.map(jnp.add, params, updates)
@@ -103,7 +108,7 @@ def path_stats(path: Sequence[Sequence[float]]) -> dict[str, float]:
     }
 
 
-def check(result: Mapping) -> SeedCheck:
+def check(result: Mapping[str, Any]) -> SeedCheck:
     """Agrees when SGD's path is the longest and reverses its y direction most often."""
     stats = {k: path_stats(v) for k, v in result["paths"].items()}
     numbers = {f"{k} {m}": v for k, s in stats.items() for m, v in s.items()}
@@ -117,7 +122,7 @@ def check(result: Mapping) -> SeedCheck:
     return SeedCheck(agrees, numbers)
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     c = check(result)
     stats = {k: path_stats(v) for k, v in result["paths"].items()}
     if c.agrees is None:
@@ -143,7 +148,7 @@ def verdict(result: Mapping) -> Verdict:
     return v._replace(reason=v.reason + note)
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     lrs = result.get("lr", {})
     rows = []
     for name, path in result["paths"].items():
@@ -163,7 +168,7 @@ def table(result: Mapping):
     return head, rows
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     from purelearn.plotting import grid, new_figure, panels
 
     paths = {k: np.asarray(v, dtype=float).reshape(-1, 2) for k, v in result["paths"].items()}
@@ -218,3 +223,5 @@ EXPERIMENT = Experiment(
     schema=PathsResult,
     seeded=False,
 )
+
+__all__ = ["EXPERIMENT"]

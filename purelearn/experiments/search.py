@@ -16,16 +16,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import jax
 import numpy as np
 
 from purelearn import optimizers
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
+    Floats,
     SeedCheck,
     Settings,
+    Table,
     Verdict,
     column,
     mnist,
@@ -39,6 +42,7 @@ from purelearn.experiments._common import (
 )
 from purelearn.experiments._overfit import SIZES
 from purelearn.models import mlp
+from purelearn.training.data import Batch
 from purelearn.tuning import log_uniform, random_search
 
 SPACE = {"learning_rate": (1e-6, 1e-2), "weight_decay": (1e-8, 1e-4)}
@@ -81,7 +85,13 @@ class SearchResult(TypedDict):
 
 
 def rerun(
-    trials: Sequence[Mapping], seeds: Sequence[int], num_trials: int, train, val, *, epochs: int
+    trials: Sequence[Mapping[str, Any]],
+    seeds: Sequence[int],
+    num_trials: int,
+    train: Batch,
+    val: Batch,
+    *,
+    epochs: int,
 ) -> dict[str, np.ndarray]:
     """The ``trials`` again for every seed in ``seeds``: trial ``i`` with seed ``s`` uses
     ``split(key(s), num_trials)[i]`` (its key in seed ``s``'s search); one vmapped
@@ -172,7 +182,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: Floats, b: Floats) -> float:
     """Spearman's rank correlation (nan when either side is constant)."""
     ra, rb = _ranks(np.asarray(a, dtype=float)), _ranks(np.asarray(b, dtype=float))
     if ra.std() == 0 or rb.std() == 0:
@@ -180,7 +190,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def judge(lrs: Sequence[float], wds: Sequence[float], val: Sequence[float]) -> SeedCheck:
+def judge(lrs: Floats, wds: Floats, val: Floats) -> SeedCheck:
     """Trials (any order) judged as the textbook's conclusion: the best (top quarter,
     at most 5) have learning rates in [5e-4, 2e-2] (about 1e-3..1e-2), and validation
     accuracy follows log learning rate more closely (Spearman) than log weight decay.
@@ -203,7 +213,7 @@ def judge(lrs: Sequence[float], wds: Sequence[float], val: Sequence[float]) -> S
     return SeedCheck(bool(numbers["best lr in range"] == 1.0 and lr_matters), numbers)
 
 
-def checks(result: Mapping) -> list[SeedCheck]:
+def checks(result: Mapping[str, Any]) -> list[SeedCheck]:
     """Every seed judged on the best trials re-run with it (``per_seed``)."""
     by_trial = {t["trial"]: t for t in result["trials"]}
     top = [by_trial[i] for i in result["per_seed"]["trial"]]
@@ -213,7 +223,7 @@ def checks(result: Mapping) -> list[SeedCheck]:
     return [judge(lrs, wds, val[:, j]) for j in range(val.shape[1])]
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     trials = result["trials"]
     whole = judge(
         [t["learning_rate"] for t in trials],
@@ -244,7 +254,7 @@ def verdict(result: Mapping) -> Verdict:
     return v
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     cols = [
         ("best val", "best val acc"),
         ("best lr in range", "best lrs in 1e-3..1e-2"),
@@ -254,7 +264,7 @@ def table(result: Mapping):
     return seed_table(result["seeds"], checks(result), cols)
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     from purelearn.plotting import search_figure
 
     spread = [
@@ -291,3 +301,5 @@ EXPERIMENT = Experiment(
         "re-runs, so they show how much of a trial's rank is luck."
     ),
 )
+
+__all__ = ["EXPERIMENT"]

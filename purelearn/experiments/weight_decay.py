@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import Any, TypedDict
 
+from purelearn._types import Figure
 from purelearn.experiments._common import (
     Experiment,
     SeedCheck,
+    Table,
     Verdict,
     column,
     mnist,
@@ -82,17 +84,17 @@ def run(
     )
 
 
-def check(result: Mapping, i: int) -> SeedCheck:
+def check(result: Mapping[str, Any], i: int) -> SeedCheck:
     """Seed ``i`` agrees when the run without weight decay overfits (train - test gap
     at least 0.05, means of the last 10 epochs) and every lambda > 0 has a smaller gap."""
     g = gaps(result["per_seed"]["runs"], i)
-    numbers = {}
+    numbers: dict[str, float] = {}
     for key, (tr, te, gap) in g.items():
         numbers |= {f"train {key}": tr, f"test {key}": te, f"gap {key}": gap}
     return SeedCheck(narrows(g), numbers)
 
 
-def verdict(result: Mapping) -> Verdict:
+def verdict(result: Mapping[str, Any]) -> Verdict:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     keys = [k for k in result["per_seed"]["runs"] if k != "0"]
     if checks[0].agrees is None:
@@ -113,7 +115,7 @@ def verdict(result: Mapping) -> Verdict:
     )
 
 
-def table(result: Mapping):
+def table(result: Mapping[str, Any]) -> Table:
     checks = [check(result, i) for i in range(len(result["seeds"]))]
     cols = []
     for k in result["per_seed"]["runs"]:
@@ -129,7 +131,7 @@ def _describe(key: str) -> str:
     return "no weight decay (λ = 0)" if float(key) == 0 else f"weight decay λ = {key}"
 
 
-def figure(result: Mapping):
+def figure(result: Mapping[str, Any]) -> Figure:
     return overfit_panels(
         [("", result["per_seed"]["runs"])],
         _describe,
@@ -154,3 +156,5 @@ EXPERIMENT = Experiment(
     table=table,
     schema=WeightDecayResult,
 )
+
+__all__ = ["EXPERIMENT"]

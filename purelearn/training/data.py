@@ -8,14 +8,17 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
+from jax.typing import ArrayLike
 
 from purelearn import _checks, distributed
 from purelearn._cache import memoize
 from purelearn.models import Model
 
-__all__ = ["Batch", "check_data", "check_labels", "check_distributed"]
+__all__ = ["Batch", "ArrayPair", "check_data", "check_labels", "check_distributed"]
 
 Batch = tuple[jax.Array, jax.Array]
+#: ``(x, y)`` as the training functions take it, NumPy or JAX arrays: checked, then a Batch
+ArrayPair = tuple[ArrayLike, ArrayLike]
 
 
 @memoize
@@ -24,7 +27,8 @@ def _output_shape(model: Model, example_shape: tuple[int, ...], dtype: Any) -> t
     params, model_state = jax.eval_shape(model.init, jax.random.key(0))
     x = jax.ShapeDtypeStruct((1, *example_shape), dtype)
     out, _ = jax.eval_shape(functools.partial(model.apply, train=False), params, model_state, x)
-    return out.shape
+    shape: tuple[int, ...] = out.shape
+    return shape
 
 
 def check_labels(name: str, model: Model, x: jax.Array, y: jax.Array) -> None:
@@ -80,6 +84,10 @@ def check_data(
     that are not integers in ``[0, classes)`` (or one-hot rows of
     ``classes``): out-of-range labels would train to a NaN loss silently.
     """
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a pl.Model (pl.mlp, pl.from_flax), got {model!r}")
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    _checks.choice("sampling", sampling, ("epoch", "random"))
     x, y = _checks.pair("train_data", train_data)
     if sampling == "epoch" and batch_size > len(x):
         raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} training examples")

@@ -65,6 +65,8 @@ def plan(
     data_sharding: NamedSharding | None = None,
     layout: str = "pytree",
 ) -> Plan:
+    n = _checks.positive_int("n", n)
+    batch_size = _checks.positive_int("batch_size", batch_size)
     if steps_per_epoch is None:
         steps = n // batch_size
     elif sampling == "epoch":
@@ -115,10 +117,14 @@ class Carry(NamedTuple):
 
 def _select(take_old: jax.Array, old: State, new: State) -> State:
     # the key never changes within a run, and key arrays do not go through jnp.where
+    # (a None key is an empty subtree: the states are used as pytrees only, here)
     merged = jax.tree.map(
-        lambda n, o: jnp.where(take_old, o, n), new._replace(key=None), old._replace(key=None)
+        lambda n, o: jnp.where(take_old, o, n),
+        new._replace(key=None),  # type: ignore[arg-type]
+        old._replace(key=None),  # type: ignore[arg-type]
     )
-    return merged._replace(key=new.key)
+    selected: State = merged._replace(key=new.key)
+    return selected
 
 
 def epoch(
@@ -151,7 +157,10 @@ def epoch(
         order,
     )
     es = plan.early_stopping
-    stopped = carry.stopper.should_stop if es is not None else jnp.array(False)
+    # start() gives the carry a stopper state exactly when the plan stops early
+    stopper_in = carry.stopper
+    assert (stopper_in is None) == (es is None)
+    stopped = stopper_in.should_stop if stopper_in is not None else jnp.array(False)
     state = _select(stopped, carry.state, trained) if es is not None else trained
     curves = {"loss": metrics["loss"].mean(), "train_accuracy": _accuracy(model, state, x, y)}
     if eval_data is not None:
@@ -161,7 +170,8 @@ def epoch(
     state, curves = distributed.place((state, curves), whole)
     if es is None:
         return Carry(state, None, None), curves
-    stopper = es.update(carry.stopper, curves[plan.monitor])
+    assert stopper_in is not None
+    stopper = es.update(stopper_in, curves[plan.monitor])
     best = carry.best
     if es.restore_best:
         improved = (stopper.wait == 0) & ~stopped
@@ -181,7 +191,8 @@ def start(plan: Plan, state: TrainState) -> Carry:
 
 def finish(plan: Plan, carry: Carry) -> TrainState:
     es = plan.early_stopping
-    return carry.best if es is not None and es.restore_best else carry.state
+    final: TrainState = carry.best if es is not None and es.restore_best else carry.state
+    return final
 
 
 def _packed(carry: Carry, optimizer: optax.GradientTransformation, how: str) -> Carry:
@@ -249,5 +260,5 @@ def run(
     return finish(plan, _unpacked(carry)), curves
 
 
-jitted_run = jax.jit(run, static_argnums=(0, 1, 2, 3))
-jitted_epoch = jax.jit(fit_epoch, static_argnums=(0, 1, 2), donate_argnums=3)
+jitted_run: jax.stages.Wrapped = jax.jit(run, static_argnums=(0, 1, 2, 3))
+jitted_epoch: jax.stages.Wrapped = jax.jit(fit_epoch, static_argnums=(0, 1, 2), donate_argnums=3)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 
 from purelearn import _checks, distributed
 from purelearn.models import Model
@@ -18,20 +20,30 @@ __all__ = ["evaluate"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _count_correct(model: Model, params, model_state, x, y) -> jax.Array:
+def _count_correct(
+    model: Model, params: Any, model_state: Any, x: jax.Array, y: jax.Array
+) -> jax.Array:
     logits, _ = model.apply(params, model_state, x, train=False)
     return correct(logits, y).sum()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _count_correct_chunked(model: Model, chunk: int, sharding, params, model_state, x, y):
+def _count_correct_chunked(
+    model: Model,
+    chunk: int,
+    sharding: NamedSharding | None,
+    params: Any,
+    model_state: Any,
+    x: jax.Array,
+    y: jax.Array,
+) -> jax.Array:
     """The correct predictions on all of ``x`` in chunks of ``chunk`` rows, on the devices.
 
     The last chunk overlaps the one before; the rows already counted are masked out."""
     n = x.shape[0]
     starts = jnp.minimum(jnp.arange(0, n, chunk), n - chunk)
 
-    def count(i, start):
+    def count(i: jax.Array, start: jax.Array) -> jax.Array:
         xs = jax.lax.dynamic_slice_in_dim(x, start, chunk)
         ys = jax.lax.dynamic_slice_in_dim(y, start, chunk)
         logits, _ = model.apply(params, model_state, xs, train=False)
@@ -39,7 +51,8 @@ def _count_correct_chunked(model: Model, chunk: int, sharding, params, model_sta
         return (correct(logits, ys) & fresh).sum()
 
     counts = jax.lax.map(lambda a: count(*a), (jnp.arange(starts.shape[0]), starts))
-    return distributed.place(counts.sum(), distributed.replicated(sharding))
+    total: jax.Array = distributed.place(counts.sum(), distributed.replicated(sharding))
+    return total
 
 
 def evaluate(

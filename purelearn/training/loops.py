@@ -24,7 +24,7 @@ from purelearn.checkpoints import Checkpoints
 from purelearn.early_stopping import METRICS, EarlyStopping
 from purelearn.models import Model
 from purelearn.training import epoch as programs
-from purelearn.training.data import Batch, check_data, check_distributed
+from purelearn.training.data import ArrayPair, Batch, check_data, check_distributed
 from purelearn.training.packing import LAYOUTS
 from purelearn.training.state import (
     TrainState,
@@ -84,12 +84,12 @@ def validate_run(
 def train_run(
     model: Model,
     optimizer: optax.GradientTransformation,
-    train_data: Batch,
+    train_data: ArrayPair,
     *,
     epochs: int,
     batch_size: int,
     key: jax.Array | int,
-    eval_data: Batch | None = None,
+    eval_data: ArrayPair | None = None,
     weight_decay: float | jax.Array = 0.0,
     early_stopping: EarlyStopping | None = None,
     steps_per_epoch: int | None = None,
@@ -165,7 +165,10 @@ def train_run(
         layout=layout,
     )
     key = _checks.key_or_seed("key", key)
-    return programs.jitted_run(model, optimizer, plan, epochs, key, data, eval_data, weight_decay)
+    out: tuple[TrainState, dict[str, jax.Array]] = programs.jitted_run(
+        model, optimizer, plan, epochs, key, data, eval_data, weight_decay
+    )
+    return out
 
 
 def _copy(tree: Any) -> Any:
@@ -181,12 +184,12 @@ def epochs_done(state: TrainState, steps_per_epoch: int) -> int:
 def fit(
     model: Model,
     optimizer: optax.GradientTransformation,
-    train_data: Batch,
+    train_data: ArrayPair,
     *,
     epochs: int,
     batch_size: int,
     key: jax.Array | int | None = None,
-    eval_data: Batch | None = None,
+    eval_data: ArrayPair | None = None,
     weight_decay: float = 0.0,
     early_stopping: EarlyStopping | None = None,
     progress: bool = True,
@@ -293,6 +296,7 @@ def fit(
         fingerprint = _fingerprint(plan, optimizer, start, data, eval_data, weight_decay)
     if record is not None:
         carry, run = record
+        assert checkpoints is not None  # a record is read from a checkpoint directory
         _check_same_run(checkpoints, run.get("fingerprint", {}), fingerprint)
         # a rerun without key or state cannot probe everything: keep what the record knows
         fingerprint = {**run.get("fingerprint", {}), **(fingerprint or {})}
@@ -345,7 +349,7 @@ def _digest(*trees: Any) -> str:
     processes, which no process can read whole)."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(trees):
-        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
         h.update(f"{np.shape(leaf)}{getattr(leaf, 'dtype', type(leaf))}".encode())
         if not distributed.spans_processes(leaf):
@@ -379,7 +383,9 @@ def _fingerprint(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _probe(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any):
+def _probe(
+    optimizer: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any
+) -> tuple[Any, Any]:
     return optimizer.update(grads, opt_state, params)
 
 
@@ -423,6 +429,7 @@ def _record_epoch(
     if "best_epoch" in history:
         # the stopper's wait is 0 exactly when this epoch improved (and so became the best);
         # before any improvement (a NaN metric) the best state is the starting one: None
+        assert carry.stopper is not None  # best_epoch is kept with early stopping only
         improved = int(jax.device_get(carry.stopper.wait)) == 0
         before = history["best_epoch"][-1] if history["best_epoch"] else None
         history["best_epoch"].append(epoch if improved else before)

@@ -28,6 +28,7 @@ from purelearn.training.state import TrainState, _name
 
 __all__ = ["PackedState", "storage_for", "pack_state", "unpack_state", "LAYOUTS"]
 
+#: The values of ``layout=`` (:func:`purelearn.fit`, :meth:`purelearn.TrainState.with_layout`).
 LAYOUTS = ("auto", "contiguous", "pytree")
 
 #: Under layout="auto", matrices (and higher-rank arrays) of at least this many elements
@@ -46,10 +47,10 @@ def storage_for(
     or None for the pytree itself.
 
     ``"pytree"``: None. ``"auto"``: vectors and small matrices share one
-    buffer per dtype, matrices of :data:`ALONE_FROM` elements or more keep
+    buffer per dtype, matrices of ``ALONE_FROM`` elements or more keep
     one each; None when nothing would share or the optimizer's rule is not
     one elementwise function of each leaf (``optax.masked``, a mask by rank,
-    ``clip_by_global_norm``: see :mod:`purelearn._leafwise`).
+    ``clip_by_global_norm``: see ``purelearn._leafwise``).
     ``"contiguous"``: every leaf shares; a ``ValueError`` naming the optimizer
     when it is not leafwise. ``params`` may be abstract (shapes and dtypes).
     """
@@ -124,13 +125,13 @@ class PackedState:
         opt_state: Packed,
         key: Any,
         optimizer: optax.GradientTransformation,
-    ):
-        self.step = step
-        self.params = params
-        self.model_state = model_state
-        self.opt_state = opt_state
-        self.key = key
-        self.optimizer = optimizer
+    ) -> None:
+        self.step: Any = step
+        self.params: Packed = params
+        self.model_state: Any = model_state
+        self.opt_state: Packed = opt_state
+        self.key: Any = key
+        self.optimizer: optax.GradientTransformation = optimizer
 
     @classmethod
     def pack(
@@ -171,7 +172,8 @@ class PackedState:
 
     @classmethod
     def tree_unflatten(cls, optimizer: Any, children: Any) -> PackedState:
-        return cls(*children, optimizer=optimizer)
+        step, params, model_state, opt_state, key = children
+        return cls(step, params, model_state, opt_state, key, optimizer=optimizer)
 
     def __repr__(self) -> str:
         return (

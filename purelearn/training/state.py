@@ -17,7 +17,7 @@ own numbers.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,14 @@ class TrainState(NamedTuple):
     opt_state: Any
     key: jax.Array
 
+    @overload
+    @classmethod
+    def create(
+        cls, model: Model, optimizer: optax.GradientTransformation, key: jax.Array | int
+    ) -> TrainState: ...
+
+    # 0.1's layout= (deprecated) may give a PackedState instead, see with_layout
+    @overload
     @classmethod
     def create(
         cls,
@@ -62,7 +70,16 @@ class TrainState(NamedTuple):
         optimizer: optax.GradientTransformation,
         key: jax.Array | int,
         **deprecated: Any,
-    ) -> TrainState:
+    ) -> Any: ...
+
+    @classmethod
+    def create(
+        cls,
+        model: Model,
+        optimizer: optax.GradientTransformation,
+        key: jax.Array | int,
+        **deprecated: Any,
+    ) -> Any:
         """Initialize the model and the optimizer from one key (or an int seed).
 
         ``init_key, run_key = split(key)``: the model is initialized from
@@ -128,27 +145,32 @@ def _deprecated_layout(deprecated: dict[str, Any]) -> str | None:
 
 
 def check_model(model: Any) -> Model:
-    """``model`` if it is a purelearn :class:`~purelearn.models.Model`, else ``ValueError``."""
+    """``model`` if it is a purelearn :class:`~purelearn.models.Model`, else a
+    ``TypeError`` (also a ``ValueError``, as before) naming ``model`` and what it got."""
     if not (isinstance(model, tuple) and callable(getattr(model, "init", None))) or not callable(
         getattr(model, "apply", None)
     ):
-        raise ValueError(
-            "model must be a purelearn Model (pl.mlp(...) or pl.from_flax(...)), "
-            f"got {type(model).__name__}"
+        raise _checks.ArgumentTypeError(
+            "model must be a purelearn Model: pass pl.mlp(...) or pl.from_flax(module, x), "
+            f"got {type(model).__name__} {_name(model)}"
         )
-    return model
+    return cast(Model, model)  # (a tuple with callable init and apply: checked above)
 
 
 def check_optimizer(optimizer: Any) -> optax.GradientTransformation:
-    """``optimizer`` if it has optax's ``init`` and ``update``, else ``ValueError``."""
+    """``optimizer`` if it has optax's ``init`` and ``update``, else a ``TypeError``
+    (also a ``ValueError``, as before) naming ``optimizer`` and what it got."""
     if not (
         callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     ):
-        raise ValueError(
-            "optimizer must be an optax GradientTransformation (e.g. pl.adam(1e-3)), "
-            f"got {optimizer!r}"
+        hint = f"pl.{optimizer}(...)" if isinstance(optimizer, str) else "pl.adam(1e-3)"
+        raise _checks.ArgumentTypeError(
+            "optimizer must be an optax GradientTransformation: pass pl.adam(...) or any "
+            f"optax transformation (here perhaps {hint}), got {type(optimizer).__name__} "
+            f"{_name(optimizer)}"
         )
-    return optimizer
+    checked: optax.GradientTransformation = optimizer
+    return checked
 
 
 @memoize
@@ -159,7 +181,7 @@ def _expected(model: Model, optimizer: optax.GradientTransformation) -> tuple[An
 
 
 def _same_shapes(want: Any, got: Any) -> bool:
-    if jax.tree.structure(want) != jax.tree.structure(got):
+    if jax.tree.structure(want) != jax.tree.structure(got):  # type: ignore[operator]  # no PyTreeDef stub
         return False
     pairs = zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True)
     return all(np.shape(a) == np.shape(b) for a, b in pairs)

@@ -69,27 +69,37 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
-def step_fn(model: Model, optimizer: optax.GradientTransformation, decay: bool) -> Callable:
+def step_fn(
+    model: Model, optimizer: optax.GradientTransformation, decay: bool
+) -> Callable[[State, jax.Array, jax.Array, Any], tuple[State, Metrics]]:
     """The un-jitted step ``step(state, x, y, weight_decay) -> (state, metrics)``.
 
-    ``state`` is a :class:`TrainState` or a :class:`PackedState` (the same
+    ``state`` is a :class:`~purelearn.TrainState` or a :class:`~purelearn.PackedState` (the same
     kind comes back). ``decay`` is static: False skips the penalty (weight
     decay known to be 0).
     """
 
-    def loss_fn(params, model_state, x, y, key, weight_decay, view):
+    def loss_fn(
+        params: Any,
+        model_state: Any,
+        x: jax.Array,
+        y: jax.Array,
+        key: jax.Array,
+        weight_decay: Any,
+        view: Callable[[Any], Any] | None,
+    ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
         params = params if view is None else view(params)
         logits, new_model_state = model.apply(params, model_state, x, train=True, key=key)
         data_loss, accuracy = loss_and_accuracy(logits, y)
         loss = data_loss + l2_penalty(params, weight_decay) if decay else data_loss
         return loss, (new_model_state, accuracy)
 
-    def step(state: State, x: jax.Array, y: jax.Array, weight_decay: Any):
+    def step(state: State, x: jax.Array, y: jax.Array, weight_decay: Any) -> tuple[State, Metrics]:
         dropout_root, _ = streams(state)
         key = jax.random.fold_in(dropout_root, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         packed = isinstance(state, PackedState)
-        if packed:
+        if isinstance(state, PackedState):
             # The model and the penalty read the leaves as slices of the buffers, the
             # gradient comes back as buffers, and the optimizer (proven leafwise for these
             # buffers) updates the buffers themselves.
@@ -120,7 +130,15 @@ def step_fn(model: Model, optimizer: optax.GradientTransformation, decay: bool) 
     return step
 
 
-def _step(model, optimizer, decay, state, x, y, weight_decay):
+def _step(
+    model: Model,
+    optimizer: optax.GradientTransformation,
+    decay: bool,
+    state: State,
+    x: jax.Array,
+    y: jax.Array,
+    weight_decay: Any,
+) -> tuple[State, Metrics]:
     return step_fn(model, optimizer, decay)(state, x, y, weight_decay)
 
 
@@ -185,10 +203,12 @@ def make_train_step(
                 f"{getattr(x, 'shape', x)} and y of shape {getattr(y, 'shape', y)}"
             )
         if not isinstance(state, TrainState | PackedState):
-            check_state(state, model, optimizer)  # raises, naming what it got
+            # reachable from callers without a type checker
+            check_state(state, model, optimizer)  # type: ignore[unreachable]  # raises, naming it
         state = distributed.replicate_for(state, x)
         try:
-            return jitted(model, optimizer, decay, state, x, y, weight_decay)
+            out: tuple[State, Metrics] = jitted(model, optimizer, decay, state, x, y, weight_decay)
+            return out
         except jax.errors.JaxRuntimeError as err:
             # An array held twice (a state built by hand around an optimizer that keeps the
             # parameters; TrainState.create copies them) is refused before anything is
@@ -196,7 +216,10 @@ def make_train_step(
             # cost a pass over every leaf per step.
             if not (donate and "donate the same buffer twice" in str(err)):
                 raise
-            return jitted(model, optimizer, decay, unaliased(state), x, y, weight_decay)
+            retried: tuple[State, Metrics] = jitted(
+                model, optimizer, decay, unaliased(state), x, y, weight_decay
+            )
+            return retried
         except (TypeError, ValueError):
             if isinstance(state, TrainState):
                 check_state(state, model, optimizer)  # the usual cause: say it plainly

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from purelearn.early_stopping import EarlyStopping
+from purelearn import _checks
+from purelearn.early_stopping import EarlyStopping, EarlyStoppingState
 from purelearn.models import Model
-from purelearn.training.data import Batch
+from purelearn.training.data import ArrayPair, Batch
 from purelearn.training.loops import train_run
 
 __all__ = [
@@ -79,7 +80,7 @@ def chunk_width(n: int, chunk: int | None = None) -> int:
     """
     if chunk is None:
         return CPU_CHUNK if jax.default_backend() == "cpu" else max(1, n)
-    return max(1, int(chunk))
+    return _checks.positive_int("chunk", chunk)
 
 
 def in_chunks(call: Callable[[Any], Any], n: int, batched: Any, chunk: int) -> Any:
@@ -93,6 +94,7 @@ def in_chunks(call: Callable[[Any], Any], n: int, batched: Any, chunk: int) -> A
     >>> in_chunks(lambda a: 2 * a, 5, np.arange(5), 2)
     array([0, 2, 4, 6, 8])
     """
+    n, chunk = _checks.positive_int("n", n), _checks.positive_int("chunk", chunk)
     outs = []
     for start in range(0, n, chunk):
         idx = np.arange(start, min(start + chunk, n))
@@ -109,7 +111,7 @@ def restored_epoch(
     """The epoch whose state ``restore_best`` returns, from one run's curves (-1: none).
 
     That is the last trained epoch at which ``early_stopping``'s own
-    :meth:`~purelearn.early_stopping.EarlyStopping.update` reset ``wait`` to 0
+    :meth:`~purelearn.EarlyStopping.update` reset ``wait`` to 0
     (the monitored metric beat the best so far by more than ``min_delta`` in
     ``mode``'s direction), replayed over the monitored curve. It is -1 when no
     epoch improved (no trained epoch had a finite monitored value: a loss
@@ -119,7 +121,9 @@ def restored_epoch(
     values = curves[early_stopping.watched(has_eval)]
     trained = curves.get("trained", jnp.ones(values.shape, bool))
 
-    def update(stopper, xs):
+    def update(
+        stopper: EarlyStoppingState, xs: tuple[jax.Array, jax.Array]
+    ) -> tuple[EarlyStoppingState, jax.Array]:
         value, was_trained = xs
         new = early_stopping.update(stopper, value)
         return new, (new.wait == 0) & was_trained
@@ -142,14 +146,18 @@ def restored_epoch(
     ),
 )
 def _program(
-    keys, weight_decay, hparams, data, eval_data, *, model, optimizer, static, inject,
-    settings, decay, shared_data, step_loss,
-):  # fmt: skip
+    keys: jax.Array, weight_decay: jax.Array, hparams: Mapping[str, jax.Array],
+    data: Batch, eval_data: Batch | None, *, model: Model, optimizer: Any,
+    static: tuple[tuple[str, Any], ...], inject: bool, settings: Settings, decay: bool,
+    shared_data: bool, step_loss: bool,
+) -> dict[str, jax.Array]:  # fmt: skip
     """The curves of ``len(keys)`` runs, vmapped: run_trials's one compiled program."""
     make = functools.partial(optimizer, **dict(static)) if static else optimizer
     es = settings.early_stopping
 
-    def trial(key, wd, h, data):
+    def trial(
+        key: jax.Array, wd: jax.Array, h: Mapping[str, jax.Array], data: Batch
+    ) -> dict[str, jax.Array]:
         _, curves = train_run(
             model,
             optax.inject_hyperparams(make)(**h) if inject else optimizer,
@@ -184,14 +192,14 @@ def _per_run(name: str, values: Any, n: int) -> jax.Array:
 def run_trials(
     model: Model,
     optimizer: Any,
-    data: Batch,
-    eval_data: Batch | None = None,
+    data: ArrayPair,
+    eval_data: ArrayPair | None = None,
     *,
     keys: jax.Array,
     settings: Settings,
     weight_decay: Any = None,
     hparams: Mapping[str, Any] | None = None,
-    static: Mapping[str, Any] | tuple = (),
+    static: Mapping[str, Any] | tuple[tuple[str, Any], ...] = (),
     shared_data: bool = True,
     chunk: int | None = None,
     step_loss: bool = False,
@@ -237,6 +245,13 @@ def run_trials(
     """
     if not isinstance(settings, Settings):
         raise ValueError(f"settings must be a trials.Settings(...), got {settings!r}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a pl.Model (pl.mlp, pl.from_flax), got {model!r}")
+    key_dtype = getattr(keys, "dtype", None)
+    if key_dtype is None or not jnp.issubdtype(key_dtype, jax.dtypes.prng_key):
+        raise ValueError(f"keys must be an array of PRNG keys (one per run), got {keys!r}")
+    if keys.ndim != 1:
+        raise ValueError(f"keys must be one PRNG key per run (shape (n,)), got shape {keys.shape}")
     n = len(keys)
     if n < 1:
         raise ValueError("keys is empty: give at least one key")
@@ -249,10 +264,11 @@ def run_trials(
         "hparams": {k: _per_run(f"hparams[{k!r}]", v, n) for k, v in (hparams or {}).items()},
     }
     if not shared_data:
-        if any(len(a) != n for a in data):
+        lengths = [np.shape(a)[0] if np.ndim(a) else 0 for a in data]  # (a scalar: none)
+        if any(length != n for length in lengths):
             raise ValueError(
                 f"with shared_data=False, data must hold one training set per key ({n}), got "
-                f"{[len(a) for a in data]}"
+                f"{lengths}"
             )
         runs["data"] = tuple(data)
     program = functools.partial(
@@ -267,8 +283,12 @@ def run_trials(
         step_loss=step_loss,
     )
 
-    def call(r):
+    def call(r: dict[str, Any]) -> dict[str, jax.Array]:
         d = r["data"] if not shared_data else data
-        return program(r["keys"], r["weight_decay"], r["hparams"], d, eval_data)
+        out: dict[str, jax.Array] = program(
+            r["keys"], r["weight_decay"], r["hparams"], d, eval_data
+        )
+        return out
 
-    return in_chunks(call, n, runs, chunk_width(n, chunk))
+    results: dict[str, np.ndarray] = in_chunks(call, n, runs, chunk_width(n, chunk))
+    return results

@@ -1,0 +1,1 @@
+"""The fuzz suite over purelearn's public surface (see registry.py)."""
