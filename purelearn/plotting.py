@@ -231,6 +231,7 @@ def mark_diverged(
             linestyle="none",
             label=DIVERGED,
             zorder=5,
+            clip_on=False,  # a run that diverged at once sits on the axes' corner
         )
     return c
 
