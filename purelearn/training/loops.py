@@ -28,7 +28,6 @@ from purelearn.training.data import ArrayPair, Batch, check_data, check_distribu
 from purelearn.training.packing import LAYOUTS
 from purelearn.training.state import (
     TrainState,
-    _name,
     check_model,
     check_optimizer,
     check_state,
@@ -454,10 +453,10 @@ def _latest_record(
         found = checkpoints.latest_record(like_tree)
     except ValueError as err:
         raise ValueError(
+            # (what differs is in err; the model's and optimizer's reprs are closures)
             f"the run record in {checkpoints.directory} was not made with this model, "
-            f"optimizer and early stopping (model {_name(model)}, optimizer "
-            f"{_name(optimizer)}, early_stopping {plan.early_stopping!r}): {err}. Resume "
-            f"with the arguments that made it, or use another directory"
+            f"optimizer and early stopping (early_stopping {plan.early_stopping!r}): {err}. "
+            f"Resume with the arguments that made it, or use another directory"
         ) from err
     if found is None:
         return None
