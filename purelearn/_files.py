@@ -22,7 +22,14 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-__all__ = ["same_file", "remove_stale", "open_locked_temp", "fsync_directory", "TOKEN"]
+__all__ = [
+    "same_file",
+    "close_temp",
+    "remove_stale",
+    "open_locked_temp",
+    "fsync_directory",
+    "TOKEN",
+]
 
 #: the random part of every temporary name, as a regex
 TOKEN = r"[0-9a-f]{16}"
@@ -34,6 +41,21 @@ def same_file(path: str, fd: int) -> bool:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
+
+
+def close_temp(path: str, fd: int) -> None:
+    """Close the temporary file ``fd``, removing it first if ``path`` still names it.
+
+    Call it in a ``finally`` after ``os.replace(path, target)``: once renamed into
+    place the file is kept; a write that failed (an error, or an interrupt) leaves
+    no temporary behind. It is unlinked before closing, as the open file's lock
+    tells concurrent cleaners it is live.
+    """
+    try:
+        if same_file(path, fd):
+            os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def remove_stale(

@@ -331,12 +331,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if _files.same_file(tmp, fd):
-            os.unlink(tmp)
-        raise
     finally:
-        os.close(fd)  # only now: the lock tells cleaners this file is live
+        _files.close_temp(tmp, fd)  # a failed write's temporary goes; a renamed file stays
     _files.fsync_directory(directory)
 
 

@@ -234,12 +234,8 @@ def _download(url: str, target: Path, sha256: str, progress: bool, timeout: floa
                 f"{where}: SHA-256 {digest.hexdigest()} does not match the expected {sha256}"
             )
         os.replace(part, target)
-    except BaseException:
-        if _files.same_file(part, fd):
-            os.unlink(part)
-        raise
     finally:
-        os.close(fd)
+        _files.close_temp(part, fd)  # a failed download's part file goes
 
 
 def _check_checksums(checksums: Any) -> dict[str, str]:

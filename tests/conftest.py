@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import HealthCheck, settings
 
+import purelearn as pl
 from purelearn._cache import enable_compilation_cache
 
 _cache_dir = enable_compilation_cache()
@@ -65,6 +66,18 @@ def assert_trees_close(a: Any, b: Any, *, rtol: float = 1e-6, atol: float = 0.0)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for u, v in zip(host_leaves(a), host_leaves(b), strict=True):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
+
+
+#: The seven purelearn optimizers, each made fresh, at step sizes that train the toy nets.
+PURELEARN_OPTIMIZERS = {
+    "sgd": lambda: pl.sgd(0.1),
+    "momentum": lambda: pl.momentum(0.05),
+    "nesterov": lambda: pl.nesterov(0.05),
+    "adagrad": lambda: pl.adagrad(0.05),
+    "rmsprop": lambda: pl.rmsprop(0.01),
+    "adam": lambda: pl.adam(0.01),
+    "adamw": lambda: pl.adamw(0.01, weight_decay=0.1),
+}
 
 
 def toy_data(n: int = 96, d: int = 5, classes: int = 3, seed: int = 0):

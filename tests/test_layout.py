@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_close, host_leaves, toy_data, trees_equal
+from conftest import PURELEARN_OPTIMIZERS, assert_trees_close, host_leaves, toy_data, trees_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -472,16 +472,7 @@ def test_elementwise_rules_that_mix_leaves_are_not_leafwise(rule):
 
 # -- trajectories: contiguous equals pytree -----------------------------------------------
 
-OPTIMIZERS = {
-    "sgd": lambda: pl.sgd(0.1),
-    "momentum": lambda: pl.momentum(0.05),
-    "nesterov": lambda: pl.nesterov(0.05),
-    "adagrad": lambda: pl.adagrad(0.05),
-    "rmsprop": lambda: pl.rmsprop(0.01),
-    "adam": lambda: pl.adam(0.01),
-    "adamw": lambda: pl.adamw(0.01, weight_decay=0.1),
-    "optax.lion": lambda: optax.lion(0.003),
-}
+OPTIMIZERS = {**PURELEARN_OPTIMIZERS, "optax.lion": lambda: optax.lion(0.003)}
 # Adam-like rules divide by a tiny second moment: float32 rounding differences in the
 # (differently fused) gradient grow a little more than elsewhere.
 CLOSE = {"rtol": 2e-6, "atol": 1e-7}

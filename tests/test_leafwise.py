@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import PURELEARN_OPTIMIZERS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -363,15 +364,7 @@ def test_a_checkpointed_moment_is_accepted_and_exact():
 
 # -- every purelearn optimizer is leafwise, and exact, on any tree ----------------------------
 
-OPTIMIZERS = {
-    "sgd": lambda: pl.sgd(0.1),
-    "momentum": lambda: pl.momentum(0.05),
-    "nesterov": lambda: pl.nesterov(0.05),
-    "adagrad": lambda: pl.adagrad(0.05),
-    "rmsprop": lambda: pl.rmsprop(0.01),
-    "adam": lambda: pl.adam(0.01),
-    "adamw": lambda: pl.adamw(0.01, weight_decay=0.1),
-}
+OPTIMIZERS = PURELEARN_OPTIMIZERS
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
